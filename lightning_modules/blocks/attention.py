@@ -1,0 +1,67 @@
+"""Multi-head self-attention with optional QK-norm, value residual and 2-D RoPE (SR-DiT README "Network")."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .norms import RMSNorm
+from .rope import RoPE2D
+
+
+class Attention(nn.Module):
+    """softmax(q kᵀ/√Dh) v over all tokens (Vaswani et al. 2017, eq. 1), computed with SDPA.
+
+    Order, as in the official SR-DiT attention: qkv → heads → RMSNorm on q and k (QK-norm, Dehghani et
+    al. 2023; weight on, ``eps=None`` = machine epsilon) → value residual v ← λ·v1 + (1 − λ)·v
+    (ResFormer, Zhou et al. 2024; λ an unconstrained scalar initialised to 0.5) → RoPE on q and k →
+    SDPA (no mask, no dropout) → merge heads → ``proj``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        qk_norm_eps: float | None = None,
+        value_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.q_norm = RMSNorm(self.head_dim, eps=qk_norm_eps, affine=True) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim, eps=qk_norm_eps, affine=True) if qk_norm else nn.Identity()
+        if value_residual:
+            # 0-dim scalar like the official `v1_lambda`, so state dicts load as is
+            self.v1_lambda = nn.Parameter(torch.tensor(0.5))
+        else:
+            self.register_parameter("v1_lambda", None)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: RoPE2D | None = None,
+        pos_ids: Tensor | None = None,
+        v1: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """x (B, N, dim) → (output (B, N, dim), raw values v (B, heads, N, head_dim) before mixing).
+
+        The first block's raw v is the ``v1`` of every later block; ``v1`` must have this call's tokens
+        (e.g. the routed rows in sparse blocks). Without ``v1_lambda`` a given ``v1`` is ignored.
+        """
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        v_raw = v
+        if self.v1_lambda is not None and v1 is not None:
+            v = self.v1_lambda * v1 + (1 - self.v1_lambda) * v
+        if rope is not None:
+            q, k = rope(q, pos_ids), rope(k, pos_ids)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d)), v_raw
