@@ -1,0 +1,64 @@
+"""Diffusion math with no trainable state: linear flow, VP log-SNR schedules, samplers, guidance."""
+from __future__ import annotations
+
+from lightning_modules.diffusion.flow import (
+    TimeSampler,
+    dimension_shift,
+    expand_like,
+    flow_interpolate,
+    flow_velocity_target,
+    noise_from_velocity,
+    shift_time,
+    x0_from_velocity,
+)
+from lightning_modules.diffusion.guidance import GuidedDenoiser
+from lightning_modules.diffusion.samplers import (
+    ddpm_ancestral_sample,
+    euler_maruyama_sample,
+    euler_ode_sample,
+    flow_time_grid,
+)
+from lightning_modules.diffusion.state import State, pack_state, state_parts
+from lightning_modules.diffusion.vp import (
+    LogSNRSchedule,
+    alpha_sigma,
+    eps_from_v,
+    eps_from_x,
+    logsnr_cosine,
+    logsnr_interpolated_cosine,
+    logsnr_shifted_cosine,
+    v_target,
+    vp_interpolate,
+    x_from_eps,
+    x_from_v,
+)
+
+__all__ = [
+    "GuidedDenoiser",
+    "LogSNRSchedule",
+    "State",
+    "TimeSampler",
+    "alpha_sigma",
+    "ddpm_ancestral_sample",
+    "dimension_shift",
+    "eps_from_v",
+    "eps_from_x",
+    "euler_maruyama_sample",
+    "euler_ode_sample",
+    "expand_like",
+    "flow_interpolate",
+    "flow_time_grid",
+    "flow_velocity_target",
+    "logsnr_cosine",
+    "logsnr_interpolated_cosine",
+    "logsnr_shifted_cosine",
+    "noise_from_velocity",
+    "pack_state",
+    "shift_time",
+    "state_parts",
+    "v_target",
+    "vp_interpolate",
+    "x0_from_velocity",
+    "x_from_eps",
+    "x_from_v",
+]
