@@ -1,0 +1,107 @@
+"""Time one SiT training step (forward + backward + AdamW) in fp32 and under bf16 autocast.
+
+Prints a table: model, precision, ms/step, model GFLOPs/step (torch.utils.flop_counter: matmuls
+and attention, forward + backward), achieved TFLOP/s, fraction of this machine's measured matmul
+peak for that dtype, and peak resident memory of the process (each row in its own subprocess).
+
+    python benchmarks/sit_step.py                         # tiny CPU configs
+    python benchmarks/sit_step.py --model SiT-B/2 --input-size 32 --in-channels 4 --batch 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def matmul_peak_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` throughput of an n×n×n matmul: the machine's practical peak for ``dtype``."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e12
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lightning_modules import SiT
+
+    torch.manual_seed(0)
+    sizes = {k: v for k, v in dict(depth=args.depth, hidden_size=args.hidden, num_heads=args.heads).items() if v}
+    module = SiT(model=args.model, input_size=args.input_size, in_channels=args.in_channels, num_classes=1000, **sizes)
+    opt = torch.optim.AdamW(module.net.parameters(), lr=1e-4)
+    batch = {"image": torch.randn(args.batch, args.in_channels, args.input_size, args.input_size),
+             "label": torch.randint(0, 1000, (args.batch,))}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    def step() -> None:
+        with autocast:
+            loss = module.compute_losses(batch)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    seconds = sorted(times)[len(times) // 2]
+    flops = counter.get_total_flops()
+    peak = matmul_peak_tflops(torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    return {
+        "model": args.model, "precision": args.precision, "ms": 1e3 * seconds, "gflops": flops / 1e9,
+        "tflops": flops / seconds / 1e12, "peak_fraction": flops / seconds / 1e12 / peak,
+        "params_m": sum(p.numel() for p in module.net.parameters()) / 1e6,
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="SiT-S/4")
+    parser.add_argument("--input-size", type=int, default=32)
+    parser.add_argument("--in-channels", type=int, default=3)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=192)
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="one row only (internal)")
+    args = parser.parse_args()
+    if args.precision:
+        print(json.dumps(run_one(args)))
+        return
+    rows = []
+    for precision in ("fp32", "bf16"):
+        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--precision", precision],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
+    print("| model | params (M) | precision | ms/step | GFLOPs/step | TFLOP/s | % matmul peak | max RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['params_m']:.2f} | {r['precision']} | {r['ms']:.1f} | {r['gflops']:.2f} | "
+              f"{r['tflops']:.3f} | {100 * r['peak_fraction']:.1f} | {r['max_rss_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""The DiT family: DiT / SiT, LightningDiT and Refined-DiT as options of one transformer denoiser.
+
+One block (`DiTBlock`) and one network (`DiT`) cover the papers' variants through switches:
+
+| option            | SiT / DiT (Peebles & Xie 2023; Ma et al. 2024) | SR-DiT / LightningDiT / Refined-DiT |
+|-------------------|------------------------------------------------|-------------------------------------|
+| ``norm``          | "layernorm" (no affine, eps 1e-6)              | "rmsnorm"                           |
+| ``mlp``           | "gelu" (GELU-tanh, ratio 4)                    | "swiglu" (LightningDiT, SpeedDiff)  |
+| ``qk_norm``       | False                                          | True                                |
+| ``rope``          | False                                          | True (2-D axial)                    |
+| ``value_residual``| False                                          | True (SR-DiT Table 1)               |
+| ``modulation``    | "adaln" (adaLN-Zero per block)                 | "global" (SpeedDiff A.1.2)          |
+
+The vanilla SiT forward is DiT's: patchify → + fixed 2-D sin-cos APE → N × (adaLN-Zero block) →
+adaLN final layer → unpatchify; the conditioning is c = t_emb(t) + y_emb(y) with t raw in [0, 1]
+(SiT's convention, no ×1000). The network predicts the flow velocity ε − x0 (SiT "velocity"; the
+learned-sigma half of SiT's output is never used by flow training, so it is not built).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_modules.blocks import (
+    AdaLNModulation,
+    Attention,
+    BlockModulationBias,
+    GlobalModulation,
+    LabelEmbedder,
+    Mlp,
+    PatchEmbed,
+    RMSNorm,
+    RoPE2D,
+    SwiGLU,
+    TimestepEmbedder,
+    modulate,
+    sincos_2d_pos_embed,
+    swiglu_hidden_dim,
+    unpatchify,
+)
+
+NormKind = Literal["layernorm", "rmsnorm"]
+MlpKind = Literal["gelu", "swiglu"]
+ModulationKind = Literal["adaln", "global"]
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Every hyper-parameter of a DiT-family network; presets below fill the size fields."""
+
+    input_size: int = 32
+    patch_size: int = 2
+    in_channels: int = 4
+    hidden_size: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    class_dropout_prob: float = 0.1
+    norm: NormKind = "layernorm"
+    mlp: MlpKind = "gelu"
+    qk_norm: bool = False
+    rope: bool = False
+    value_residual: bool = False
+    modulation: ModulationKind = "adaln"
+    pos_embed: bool = True
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size**2
+
+
+# SiT / DiT sizes (DiT Table 1): name -> (depth, hidden, heads).
+DIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+
+def dit_preset(name: str, **overrides) -> DiTConfig:
+    """Config for a named model such as "SiT-B/2" or "DiT-XL/1" (DiT Table 1 sizes, patch after '/')."""
+    family, _, size_patch = name.partition("-")
+    size, _, patch = size_patch.partition("/")
+    if family not in {"SiT", "DiT"} or size not in DIT_SIZES or not patch.isdigit():
+        raise ValueError(f"unknown preset {name!r}; expected e.g. 'SiT-B/2' with size in {sorted(DIT_SIZES)}")
+    depth, hidden, heads = DIT_SIZES[size]
+    return replace(DiTConfig(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=int(patch)), **overrides)
+
+
+def make_norm(kind: NormKind, dim: int) -> nn.Module:
+    """The pre-norm of blocks and final layer: weightless, eps 1e-6 (DiT LayerNorm; SR-DiT RMSNorm)."""
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+    return RMSNorm(dim, eps=1e-6, affine=False)
+
+
+class DiTBlock(nn.Module):
+    """x ← x + g₁·Attn(mod(norm(x))); x ← x + g₂·MLP(mod(norm(x))) (DiT adaLN-Zero block, Fig. 3)."""
+
+    def __init__(self, cfg: DiTConfig, index: int) -> None:
+        super().__init__()
+        dim = cfg.hidden_size
+        self.norm1 = make_norm(cfg.norm, dim)
+        self.attn = Attention(
+            dim, cfg.num_heads, qkv_bias=True, qk_norm=cfg.qk_norm,
+            # block 0 produces v1; only later blocks mix it in (SR-DiT value residual)
+            value_residual=cfg.value_residual and index > 0,
+        )
+        self.norm2 = make_norm(cfg.norm, dim)
+        if cfg.mlp == "gelu":
+            self.mlp: nn.Module = Mlp(dim, int(dim * cfg.mlp_ratio))
+        else:
+            self.mlp = SwiGLU(dim, swiglu_hidden_dim(dim, cfg.mlp_ratio))
+        if cfg.modulation == "adaln":
+            self.adaLN_modulation: nn.Module = AdaLNModulation(dim, dim, num_chunks=6)
+        else:
+            self.adaLN_modulation = BlockModulationBias(dim, num_chunks=6)
+
+    def forward(
+        self, x: Tensor, cond: Tensor, rope: RoPE2D | None = None, pos_ids: Tensor | None = None, v1: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``cond`` is c (B, D) for per-block adaLN or the global modulation (B, 6D); returns (x, raw v)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(cond)
+        h, v = self.attn(modulate(self.norm1(x), shift1, scale1), rope=rope, pos_ids=pos_ids, v1=v1)
+        x = x + gate1.unsqueeze(1) * h
+        x = x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x, v
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) → weightless norm → Linear(D, p²C) (DiT final layer, zero-initialised)."""
+
+    def __init__(self, dim: int, out_features: int, norm: NormKind) -> None:
+        super().__init__()
+        self.norm_final = make_norm(norm, dim)
+        self.adaLN_modulation = AdaLNModulation(dim, dim, num_chunks=2)
+        self.linear = nn.Linear(dim, out_features)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(c)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class DiT(nn.Module):
+    """DiT-family denoiser ``forward(x, t, y) -> velocity`` (DESIGN contract: t ∈ [0, 1], shape (B,))."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        if cfg.input_size % cfg.patch_size:
+            raise ValueError(f"input_size {cfg.input_size} is not divisible by patch_size {cfg.patch_size}")
+        if cfg.hidden_size % cfg.num_heads:
+            raise ValueError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
+        self.cfg = cfg
+        dim = cfg.hidden_size
+        self.x_embedder = PatchEmbed(cfg.in_channels, dim, cfg.patch_size)
+        self.t_embedder = TimestepEmbedder(dim)
+        self.y_embedder = LabelEmbedder(cfg.num_classes, dim, cfg.class_dropout_prob)
+        if cfg.pos_embed:
+            # fixed, not trained (DiT); persistent so official state dicts map key-for-key
+            self.register_buffer("pos_embed", sincos_2d_pos_embed(dim, cfg.grid_size).unsqueeze(0))
+        self.feat_rope = RoPE2D(dim // cfg.num_heads, cfg.grid_size) if cfg.rope else None
+        self.global_modulation = GlobalModulation(dim, dim, num_chunks=6) if cfg.modulation == "global" else None
+        self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.depth))
+        self.final_layer = FinalLayer(dim, cfg.patch_size**2 * cfg.in_channels, cfg.norm)
+        self.initialize_weights()
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def initialize_weights(self) -> None:
+        """DiT init: Xavier-uniform linears, N(0, 0.02) embeddings, zero adaLN and output (block = identity)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:
+            if isinstance(block.adaLN_modulation, AdaLNModulation):
+                nn.init.zeros_(block.adaLN_modulation[1].weight)
+                nn.init.zeros_(block.adaLN_modulation[1].bias)
+        if self.global_modulation is not None:  # adaLN-single: zero global modulation = zero gates
+            nn.init.zeros_(self.global_modulation[1].weight)
+            nn.init.zeros_(self.global_modulation[1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor, force_drop: Tensor | None = None) -> Tensor:
+        """Velocity v̂(x_t, t, y); ``force_drop`` pins class dropout (DESIGN: injectable randomness)."""
+        cfg = self.cfg
+        b, _, h, w = x.shape
+        if h != cfg.input_size or w != cfg.input_size or x.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"expected input (B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}), got {tuple(x.shape)}"
+            )
+        tokens = self.x_embedder(x)
+        if cfg.pos_embed:
+            tokens = tokens + self.pos_embed.to(tokens.dtype)
+        c = self.t_embedder(t) + self.y_embedder(y, force_drop=force_drop)
+        cond = self.global_modulation(c) if self.global_modulation is not None else c
+        v1 = None
+        for block in self.blocks:
+            tokens, v = block(tokens, cond, rope=self.feat_rope, v1=v1)
+            v1 = v if v1 is None else v1
+        out = self.final_layer(tokens, c)
+        return unpatchify(out, cfg.patch_size, cfg.in_channels, h, w)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter entries (buffers excluded)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ["DiT", "DiTBlock", "DiTConfig", "DIT_SIZES", "FinalLayer", "count_parameters", "dit_preset", "make_norm"]
