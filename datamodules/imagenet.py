@@ -28,12 +28,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.image_datamodule import ImageDataModule
 from datamodules.loaders import check_loader_args, eval_loader, train_loader
 from datamodules.pixels import uint8_to_model_range
 
@@ -189,7 +189,7 @@ class ImageFolderImages(Dataset):
         return self.load(index)
 
 
-class ImageNetDataModule(lightning.LightningDataModule):
+class ImageNetDataModule(ImageDataModule):
     """LightningDataModule over ImageFolder trees with ADM preprocessing (class-conditional ImageNet).
 
     Training items are flipped with probability ``flip_prob`` when ``random_flip``; validation, test
@@ -222,18 +222,6 @@ class ImageNetDataModule(lightning.LightningDataModule):
             raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
         self.train_set: ImageFolderImages | None = None
         self.val_set: ImageFolderImages | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return self.hparams.num_classes
-
-    @property
-    def resolution(self) -> int:
-        return self.hparams.resolution
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (3, self.resolution, self.resolution)
 
     def _classes(self) -> list[str]:
         """Training tree's class list, checked against ``num_classes``."""

@@ -29,11 +29,11 @@ import math
 from functools import lru_cache
 from typing import Literal
 
-import lightning
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.image_datamodule import ImageDataModule
 from datamodules.loaders import check_loader_args, eval_loader, train_loader
 from datamodules.pixels import uint8_to_model_range
 from datamodules.shapes import SHAPES, ShapeSDF
@@ -233,7 +233,7 @@ class SyntheticImages(Dataset):
         }
 
 
-class SyntheticDataModule(lightning.LightningDataModule):
+class SyntheticDataModule(ImageDataModule):
     """LightningDataModule over :class:`SyntheticImages`: the embedded default data of every tiny config.
 
     Train and val are disjoint seeded splits of the same class-conditional distribution; batches are
@@ -260,18 +260,6 @@ class SyntheticDataModule(lightning.LightningDataModule):
         # datasets are lazy and cheap, so build them now: bad arguments fail at construction time
         self.train_set = SyntheticImages(train_size, resolution, num_classes, seed, "train")
         self.val_set = SyntheticImages(val_size, resolution, num_classes, seed, "val")
-
-    @property
-    def num_classes(self) -> int:
-        return self.hparams.num_classes
-
-    @property
-    def resolution(self) -> int:
-        return self.hparams.resolution
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (3, self.resolution, self.resolution)
 
     @property
     def class_names(self) -> list[str]:

@@ -31,3 +31,15 @@ def _deterministic_torch():
     torch.manual_seed(0)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+def load_case(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(JSON spec, tensors) of one reference case: ``CASE.json`` beside ``CASE.safetensors``."""
+    from safetensors.torch import load_file
+
+    return json.loads(path.read_text()), load_file(str(path.with_suffix(".safetensors")))
+
+
+def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under ``prefix`` with the prefix stripped (e.g. ``param/feat_rope.`` → a state dict)."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -35,7 +35,7 @@ class AdaLNModulation(nn.Sequential):
         return super().forward(c).chunk(self.num_chunks, dim=-1)
 
 
-class GlobalModulation(nn.Sequential):
+class GlobalModulation(AdaLNModulation):
     """adaLN-single: one SiLU → Linear(cond_dim, num_chunks·dim) shared by all blocks (PixArt-α §2.3).
 
     SpeedDiff Refined-DiT (supplementary A.1.2) replaces per-block adaLN by this global layer plus a
@@ -46,15 +46,9 @@ class GlobalModulation(nn.Sequential):
     and initialise it yourself for that).
     """
 
-    def __init__(self, cond_dim: int, dim: int, num_chunks: int = 6, zero_init: bool = True) -> None:
-        super().__init__(nn.SiLU(), nn.Linear(cond_dim, num_chunks * dim))
-        self.num_chunks = num_chunks
-        if zero_init:
-            nn.init.zeros_(self[1].weight)
-            nn.init.zeros_(self[1].bias)
-
-    def forward(self, c: Tensor) -> Tensor:
-        return super().forward(c)
+    def forward(self, c: Tensor) -> Tensor:  # type: ignore[override]
+        # the same SiLU → Linear as adaLN, computed once and left unsplit for the per-block biases
+        return nn.Sequential.forward(self, c)
 
 
 class BlockModulationBias(nn.Module):

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import json
+import functools
 
 import pytest
 import torch
 
 from lightning_modules.blocks import AdaLNModulation, Attention, Mlp, RMSNorm, RoPE2D, modulate
-from tests.conftest import reference_cases
+from tests.conftest import load_case, reference_cases, with_prefix
 
 
 def _by_hand(attn: Attention, x: torch.Tensor, v_override: torch.Tensor | None = None) -> torch.Tensor:
@@ -75,15 +75,9 @@ def test_rope_makes_attention_translation_invariant():
 @pytest.mark.parametrize("path", reference_cases("srdit", "sit_forward_eval"), ids=lambda p: p.stem)
 def test_official_srdit_blocks_0_and_1(path):
     """Blocks 0 and 1 of the official SR-DiT, composed from these blocks, reproduce its intermediates."""
-    from safetensors.torch import load_file
-
-    spec = json.loads(path.read_text())
+    spec, data = load_case(path)
     cfg, derived, tol = spec["config"], spec["derived"], spec["tolerance"]
-    data = load_file(str(path.with_suffix(".safetensors")))
-
-    def sub(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
-
+    sub = functools.partial(with_prefix, data)
     dim, heads = cfg["hidden_size"], cfg["num_heads"]
     rope = RoPE2D(derived["head_dim"], derived["grid"])
     rope.load_state_dict(sub("param/feat_rope."))

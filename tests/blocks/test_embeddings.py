@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import json
+import functools
 import math
 
 import pytest
@@ -16,7 +16,7 @@ from lightning_modules.blocks import (
     sinusoidal_embedding,
     unpatchify,
 )
-from tests.conftest import reference_cases
+from tests.conftest import load_case, reference_cases, with_prefix
 
 SIT_CASES = reference_cases("srdit", "sit_forward_eval")
 
@@ -124,15 +124,9 @@ def test_sincos_layout():
 @pytest.mark.parametrize("path", SIT_CASES, ids=lambda p: p.stem)
 def test_embeddings_equal_official_srdit(path):
     """pos_embed buffer, t / y embedders and the patch embedding against the official SR-DiT intermediates."""
-    from safetensors.torch import load_file
-
-    spec = json.loads(path.read_text())
+    spec, data = load_case(path)
     cfg, derived, tol = spec["config"], spec["derived"], spec["tolerance"]
-    data = load_file(str(path.with_suffix(".safetensors")))
-
-    def sub(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
-
+    sub = functools.partial(with_prefix, data)
     dim = cfg["hidden_size"]
     ours = sincos_2d_pos_embed(dim, derived["grid"], num_extra_tokens=1)
     torch.testing.assert_close(ours[None], data["param/pos_embed"], atol=1e-6, rtol=1e-5)

@@ -8,16 +8,14 @@ call and end at the recorded sample. (tests/reference/ checks the full model + s
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from lightning_modules.diffusion import GuidedDenoiser, euler_maruyama_sample, flow_time_grid
-from tests.conftest import reference_cases
+from tests.conftest import load_case, reference_cases
 
-safetensors = pytest.importorskip("safetensors.torch")
 
 CASES = [
     path
@@ -50,8 +48,7 @@ class ReplayNet:
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
 def test_euler_maruyama_replays_official_sampler(path: Path) -> None:
-    meta = json.loads(path.read_text())
-    tensors = safetensors.load_file(str(path.with_suffix(".safetensors")))
+    meta, tensors = load_case(path)
     cfg = meta["config"]["sampler"]
     atol, rtol = meta["tolerance"]["atol"], meta["tolerance"]["rtol"]
     shift = meta["derived"]["shift"]

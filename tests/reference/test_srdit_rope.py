@@ -1,14 +1,13 @@
 """SR-DiT 2-D RoPE (official ``VisionRotaryEmbeddingFast``) against the reference ``rope`` case(s)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from lightning_modules.blocks import RoPE2D, rope_grid_tables
-from tests.conftest import REFERENCE_DIR, reference_cases
+from tests.conftest import REFERENCE_DIR, load_case, reference_cases
 
 # output name -> (input tensor, position ids or None): the six call forms that define the case
 CALLS = {
@@ -20,12 +19,6 @@ CALLS = {
     "output/tail": ("input/q_tail", "input/ids_tail"),
 }
 TABLES = ("freqs_cos", "freqs_sin")
-
-
-def _load(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    return json.loads(path.read_text()), load_file(str(path.with_suffix(".safetensors")))
 
 
 def _official_tables(data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -55,7 +48,7 @@ def _module(spec: dict) -> RoPE2D:
 
 @pytest.mark.parametrize("path", reference_cases("srdit", "rope"), ids=lambda p: str(p.relative_to(REFERENCE_DIR)))
 def test_rope_tables_computed_and_loaded(path: Path):
-    spec, data = _load(path)
+    spec, data = load_case(path)
     rope = _module(spec)
     official = _official_tables(data)
     for name in TABLES:  # freshly computed tables equal the official deterministic buffers
@@ -69,7 +62,7 @@ def test_rope_tables_computed_and_loaded(path: Path):
 @pytest.mark.parametrize("path", reference_cases("srdit", "rope"), ids=lambda p: str(p.relative_to(REFERENCE_DIR)))
 @pytest.mark.parametrize("output", list(CALLS))
 def test_rope_call_forms(path: Path, output: str):
-    spec, data = _load(path)
+    spec, data = load_case(path)
     assert set(CALLS) == set(spec["outputs"]), "the case defines call forms this test does not know"
     rope = _module(spec)
     rope.load_state_dict(_official_tables(data), strict=True)
