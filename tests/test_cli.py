@@ -29,6 +29,12 @@ def test_print_config_resolves_interpolation():
     assert "input_size: 24" in proc.stdout  # ${data.init_args.resolution} followed the override
 
 
+@pytest.fixture(autouse=True)
+def _clean_argv(monkeypatch):
+    # LightningCLI(args=...) warns when pytest's own argv is also present
+    monkeypatch.setattr(sys, "argv", ["speedrun-diffusion"])
+
+
 def test_fit_then_resume_from_last_then_validate(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = build_cli(["fit", "--config", TINY, *FAST, "--trainer.max_steps", "3"])
