@@ -35,7 +35,26 @@ def _clean_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["speedrun-diffusion"])
 
 
-def test_fit_then_resume_from_last_then_validate(tmp_path, monkeypatch):
+EVAL_YAML = """
+trainer:
+  callbacks+:
+    - class_path: callbacks.Evaluation
+      init_args:
+        metrics: [fid, is]
+        num_samples: 8
+        batch_size: 4
+        num_steps: 2
+        progress: false
+        inception:
+          class_path: callbacks.features.InceptionFeatures
+          init_args:
+            network:
+              class_path: tests.callbacks.metrics.eval_toy.TinyInception
+            feature_dims: {pool_3: 16, logits_unbiased: 10, spatial: 112}
+"""
+
+
+def test_fit_then_resume_from_last_then_validate(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     cli = build_cli(["fit", "--config", TINY, *FAST, "--trainer.max_steps", "3"])
     assert cli.trainer.global_step == 3
@@ -51,6 +70,15 @@ def test_fit_then_resume_from_last_then_validate(tmp_path, monkeypatch):
 
     validated = build_cli(["validate", "--config", TINY, *FAST, "--ckpt_path", "last"])
     assert "val/loss" in validated.trainer.callback_metrics
+
+    # `validate` with an Evaluation callback from YAML prints and logs the metric table (a tiny injected
+    # Inception stands in for the real weights, which this offline machine cannot download)
+    eval_cfg = tmp_path / "eval.yaml"
+    eval_cfg.write_text(EVAL_YAML)
+    evaluated = build_cli(["validate", "--config", TINY, "--config", str(eval_cfg), *FAST, "--ckpt_path", "last"])
+    for metric in ("eval/fid", "eval/inception_score"):
+        assert metric in evaluated.trainer.callback_metrics
+    assert "fid" in capsys.readouterr().out
 
     predicted = build_cli(["predict", "--config", TINY, *FAST, "--ckpt_path", "last",
                            "--trainer.limit_predict_batches", "1"])
