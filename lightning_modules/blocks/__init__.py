@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .attention import Attention
+from .conv_autoencoder import ConvResnetBlock, Downsample, SpatialSelfAttention, Upsample
 from .embeddings import (
     GaussianFourierEmbedding,
     LabelEmbedder,
@@ -15,11 +16,14 @@ from .embeddings import (
 from .mlp import Mlp, SwiGLU, swiglu_hidden_dim
 from .modulation import AdaLNModulation, BlockModulationBias, GlobalModulation, modulate
 from .norms import RMSNorm
+from .resblock import ResBlock, group_norm
 from .rope import RoPE2D, grid_position_ids, rope_grid_tables
 
 __all__ = [
     "AdaLNModulation",
     "Attention",
+    "ConvResnetBlock",
+    "Downsample",
     "BlockModulationBias",
     "GaussianFourierEmbedding",
     "GlobalModulation",
@@ -27,10 +31,14 @@ __all__ = [
     "Mlp",
     "PatchEmbed",
     "RMSNorm",
+    "ResBlock",
     "RoPE2D",
+    "SpatialSelfAttention",
     "SwiGLU",
     "TimestepEmbedder",
+    "Upsample",
     "grid_position_ids",
+    "group_norm",
     "modulate",
     "patchify",
     "rope_grid_tables",
