@@ -10,16 +10,25 @@ One block (`DiTBlock`) and one network (`DiT`) cover the papers' variants throug
 | ``rope``          | False                                          | True (2-D axial)                    |
 | ``value_residual``| False                                          | True (SR-DiT Table 1)               |
 | ``modulation``    | "adaln" (adaLN-Zero per block)                 | "global" (SpeedDiff A.1.2)          |
+| ``cls_token_dim`` | 0 (no extra token)                             | 768 (SR-DiT REG token, DINOv2 CLS)  |
+| ``z_dims``        | () (no projector)                              | (768,) (REPA projector, λ 0.5)      |
 
 The vanilla SiT forward is DiT's: patchify → + fixed 2-D sin-cos APE → N × (adaLN-Zero block) →
 adaLN final layer → unpatchify; the conditioning is c = t_emb(t) + y_emb(y) with t raw in [0, 1]
 (SiT's convention, no ×1000). The network predicts the flow velocity ε − x0 (SiT "velocity"; the
 learned-sigma half of SiT's output is never used by flow training, so it is not built).
+
+SR-DiT additions (reference/srdit/README "Network"): with ``cls_token_dim > 0`` a REG class token
+(noisy DINOv2 CLS → Linear → RMSNorm with weight) is prepended at index 0 (its sin-cos row is zero,
+RoPE leaves it unrotated) and gets its own output head ``final_layer.linear_cls``; with ``z_dims`` the
+REPA projectors MLP(D → P → P → z) read the hidden state after ``repa_depth`` blocks. The forward then
+returns ``DiTOutput(velocity, zs, cls_velocity)`` — the official ``(x, zs, cls)`` triple. SPRINT token
+routing is a subclass in ``networks/sprint.py``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +76,15 @@ class DiTConfig:
     value_residual: bool = False
     modulation: ModulationKind = "adaln"
     pos_embed: bool = True
+    cls_token_dim: int = 0
+    z_dims: tuple[int, ...] = ()
+    projector_dim: int = 2048
+    repa_depth: int = 4
+
+    @property
+    def num_extra_tokens(self) -> int:
+        """Tokens before the patches: 1 for the REG cls token, else 0."""
+        return 1 if self.cls_token_dim else 0
 
     @property
     def grid_size(self) -> int:
@@ -137,17 +155,43 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN (shift, scale) → weightless norm → Linear(D, p²C) (DiT final layer, zero-initialised)."""
+    """adaLN (shift, scale) → weightless norm → Linear(D, p²C) (DiT final layer, zero-initialised).
 
-    def __init__(self, dim: int, out_features: int, norm: NormKind) -> None:
+    With ``cls_out_features`` the leading token goes through its own ``linear_cls`` instead (SR-DiT REG
+    head: cls velocity); ``forward`` then returns (patch outputs, cls output).
+    """
+
+    def __init__(self, dim: int, out_features: int, norm: NormKind, cls_out_features: int = 0) -> None:
         super().__init__()
         self.norm_final = make_norm(norm, dim)
         self.adaLN_modulation = AdaLNModulation(dim, dim, num_chunks=2)
         self.linear = nn.Linear(dim, out_features)
+        self.linear_cls = nn.Linear(dim, cls_out_features) if cls_out_features else None
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         shift, scale = self.adaLN_modulation(c)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        x = modulate(self.norm_final(x), shift, scale)
+        if self.linear_cls is None:
+            return self.linear(x)
+        return self.linear(x[:, 1:]), self.linear_cls(x[:, 0])
+
+
+class DiTOutput(NamedTuple):
+    """The official SR-DiT ``(x, zs, cls)`` triple: velocity (B, C, H, W), REPA projections [(B, T, z)],
+    REG cls-token velocity (B, cls_token_dim) or None."""
+
+    velocity: Tensor
+    zs: list[Tensor]
+    cls_velocity: Tensor | None
+
+
+def repa_projector(dim: int, projector_dim: int, z_dim: int) -> nn.Sequential:
+    """MLP Linear(D, P) SiLU Linear(P, P) SiLU Linear(P, z) (REPA eq. 8's h_φ; keys ``.0/.2/.4``)."""
+    return nn.Sequential(
+        nn.Linear(dim, projector_dim), nn.SiLU(),
+        nn.Linear(projector_dim, projector_dim), nn.SiLU(),
+        nn.Linear(projector_dim, z_dim),
+    )
 
 
 class DiT(nn.Module):
@@ -159,18 +203,26 @@ class DiT(nn.Module):
             raise ValueError(f"input_size {cfg.input_size} is not divisible by patch_size {cfg.patch_size}")
         if cfg.hidden_size % cfg.num_heads:
             raise ValueError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
+        if cfg.z_dims and not 1 <= cfg.repa_depth <= cfg.depth:
+            raise ValueError(f"repa_depth {cfg.repa_depth} must lie in [1, depth={cfg.depth}]")
         self.cfg = cfg
         dim = cfg.hidden_size
         self.x_embedder = PatchEmbed(cfg.in_channels, dim, cfg.patch_size)
         self.t_embedder = TimestepEmbedder(dim)
         self.y_embedder = LabelEmbedder(cfg.num_classes, dim, cfg.class_dropout_prob)
+        if cfg.cls_token_dim:
+            # REG (SR-DiT README "Network"): noisy DINOv2 CLS → Linear → RMSNorm with weight; official names
+            self.cls_projectors2 = nn.Linear(cfg.cls_token_dim, dim)
+            self.wg_norm = RMSNorm(dim, eps=1e-6, affine=True)
         if cfg.pos_embed:
             # fixed, not trained (DiT); persistent so official state dicts map key-for-key
-            self.register_buffer("pos_embed", sincos_2d_pos_embed(dim, cfg.grid_size).unsqueeze(0))
+            table = sincos_2d_pos_embed(dim, cfg.grid_size, num_extra_tokens=cfg.num_extra_tokens)
+            self.register_buffer("pos_embed", table.unsqueeze(0))
         self.feat_rope = RoPE2D(dim // cfg.num_heads, cfg.grid_size) if cfg.rope else None
         self.global_modulation = GlobalModulation(dim, dim, num_chunks=6) if cfg.modulation == "global" else None
         self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.depth))
-        self.final_layer = FinalLayer(dim, cfg.patch_size**2 * cfg.in_channels, cfg.norm)
+        self.projectors = nn.ModuleList(repa_projector(dim, cfg.projector_dim, z) for z in cfg.z_dims)
+        self.final_layer = FinalLayer(dim, cfg.patch_size**2 * cfg.in_channels, cfg.norm, cfg.cls_token_dim)
         self.initialize_weights()
 
     @property
@@ -201,26 +253,93 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.final_layer.linear_cls is not None:
+            nn.init.zeros_(self.final_layer.linear_cls.weight)
+            nn.init.zeros_(self.final_layer.linear_cls.bias)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor, force_drop: Tensor | None = None) -> Tensor:
-        """Velocity v̂(x_t, t, y); ``force_drop`` pins class dropout (DESIGN: injectable randomness)."""
+    @property
+    def returns_tuple(self) -> bool:
+        """True when ``forward`` returns a ``DiTOutput`` (REG cls token or REPA projectors present)."""
+        return bool(self.cfg.cls_token_dim or self.cfg.z_dims)
+
+    def embed(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor,
+        cls_token: Tensor | None = None,
+        force_drop: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Tokens [cls; patches] + APE (B, T, D) and the conditioning c = t_emb + y_emb (B, D)."""
         cfg = self.cfg
-        b, _, h, w = x.shape
-        if h != cfg.input_size or w != cfg.input_size or x.shape[1] != cfg.in_channels:
+        if x.shape[1:] != (cfg.in_channels, cfg.input_size, cfg.input_size):
             raise ValueError(
                 f"expected input (B, {cfg.in_channels}, {cfg.input_size}, {cfg.input_size}), got {tuple(x.shape)}"
             )
         tokens = self.x_embedder(x)
+        if cfg.cls_token_dim:
+            if cls_token is None:
+                raise ValueError("this network has a REG cls token: pass cls_token (B, cls_token_dim)")
+            cls = self.wg_norm(self.cls_projectors2(cls_token.to(tokens.dtype)))
+            tokens = torch.cat([cls.unsqueeze(1), tokens], dim=1)
         if cfg.pos_embed:
             tokens = tokens + self.pos_embed.to(tokens.dtype)
+        drop_p = self.y_embedder.dropout_prob
+        if force_drop is None and generator is not None and self.training and drop_p > 0:
+            # one uniform per sample, as the official LabelEmbedder, but from the given generator
+            force_drop = torch.rand(y.shape, device=y.device, generator=generator) < drop_p
         c = self.t_embedder(t) + self.y_embedder(y, force_drop=force_drop)
+        return tokens, c
+
+    def trunk(self, tokens: Tensor, c: Tensor) -> tuple[Tensor, Tensor | None]:
+        """All blocks, dense; returns (last hidden state, hidden state after ``repa_depth`` blocks or None)."""
         cond = self.global_modulation(c) if self.global_modulation is not None else c
-        v1 = None
-        for block in self.blocks:
+        v1, repa_in = None, None
+        for i, block in enumerate(self.blocks):
             tokens, v = block(tokens, cond, rope=self.feat_rope, v1=v1)
-            v1 = v if v1 is None else v1
+            v1 = v if v1 is None else v1  # value residual: v1 is block 0's raw value
+            if self.projectors and i + 1 == self.cfg.repa_depth:
+                repa_in = tokens
+        return tokens, repa_in
+
+    def head(self, tokens: Tensor, c: Tensor, repa_in: Tensor | None, height: int, width: int) -> Tensor | DiTOutput:
+        """Final layer → unpatchified velocity (+ REPA projections and cls velocity when configured)."""
+        cfg = self.cfg
         out = self.final_layer(tokens, c)
-        return unpatchify(out, cfg.patch_size, cfg.in_channels, h, w)
+        out, cls_velocity = out if isinstance(out, tuple) else (out, None)
+        velocity = unpatchify(out, cfg.patch_size, cfg.in_channels, height, width)
+        if not self.returns_tuple:
+            return velocity
+        zs = [proj(repa_in) for proj in self.projectors] if repa_in is not None else []
+        return DiTOutput(velocity, zs, cls_velocity)
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor,
+        cls_token: Tensor | None = None,
+        force_drop: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | DiTOutput:
+        """Velocity v̂(x_t, t, y); ``force_drop`` pins class dropout (DESIGN: injectable randomness).
+
+        With a REG token (``cls_token``, the noisy cls state) or REPA projectors the result is
+        ``DiTOutput(velocity, zs, cls_velocity)``, else the velocity tensor.
+        """
+        tokens, c = self.embed(x, t, y, cls_token, force_drop, generator)
+        tokens, repa_in = self.trunk(tokens, c)
+        return self.head(tokens, c, repa_in, x.shape[-2], x.shape[-1])
+
+    def velocity(self, state: Tensor | tuple[Tensor, Tensor], t: Tensor, y: Tensor, **kwargs) -> Tensor | tuple[Tensor, Tensor]:
+        """Sampler view: state x or (x, cls) → v or (v, v_cls) (the tuple state of ``euler_maruyama_sample``)."""
+        if isinstance(state, (tuple, list)):
+            x, cls = state
+            out = self(x, t, y, cls_token=cls, **kwargs)
+            return out.velocity, out.cls_velocity
+        out = self(state, t, y, **kwargs)
+        return out.velocity if isinstance(out, DiTOutput) else out
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -228,4 +347,23 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["DiT", "DiTBlock", "DiTConfig", "DIT_SIZES", "FinalLayer", "count_parameters", "dit_preset", "make_norm"]
+def official_parameter_count(net: DiT) -> int:
+    """Parameters as the official DiT/SiT/SR-DiT code counts them: its frozen sin-cos ``pos_embed`` is an
+    ``nn.Parameter`` there (a buffer here), RoPE tables are buffers in both."""
+    pos = net.pos_embed.numel() if net.cfg.pos_embed else 0
+    return count_parameters(net) + pos
+
+
+__all__ = [
+    "DiT",
+    "DiTBlock",
+    "DiTConfig",
+    "DiTOutput",
+    "DIT_SIZES",
+    "FinalLayer",
+    "count_parameters",
+    "dit_preset",
+    "make_norm",
+    "official_parameter_count",
+    "repa_projector",
+]

@@ -1,0 +1,179 @@
+"""`SRDiT`: "Speedrunning ImageNet Diffusion" — SiT-B/1 + SPRINT + REG/REPA + CFM on frozen INVAE latents.
+
+Training (SR-DiT Sec. 3, reference/srdit/README "Loss"): latents x0 = tokenizer.encode(image)·0.3099 (or a
+pre-computed ``batch["latent"]`` × 0.3099), targets zs = target_encoder(image) = [cls; patches] normalised
+DINOv2 tokens (or ``batch["repa_target"]``), REG token = zs[:, 0]; the objective is ``SRDiTLoss``
+(1 / 0.5 / 0.03 / 0.05) with the time shift s = √(C·H·W / 4096). Sampling: Euler–Maruyama SDE on
+(latent, cls) with the official grid, no guidance for metrics (paper), CFG or path-drop guidance on a
+shifted-t interval for pictures; latents decoded as tokenizer.decode(z / 0.3099).
+
+Each Table 1 improvement is a switch: ``sprint``, ``rmsnorm``, ``rope``, ``qk_norm``, ``value_residual``.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from lightning_modules.diffusion import GuidedDenoiser, dimension_shift, euler_maruyama_sample
+from lightning_modules.losses.srdit_loss import SRDiTLoss
+from lightning_modules.networks.dit import dit_preset
+from lightning_modules.networks.sprint import SprintConfig, SprintDiT, build_dit
+from lightning_modules.recipe import DiffusionRecipe, LRSchedule
+
+Guidance = Literal["none", "cfg", "path_drop"]
+
+
+class SRDiT(DiffusionRecipe):
+    """SR-DiT recipe. ``model`` names a SiT preset ("SiT-B/1"); ``depth``/``hidden_size``/``num_heads`` override it.
+
+    ``tokenizer`` (frozen; ``encode``/``decode``, e.g. ``networks.invae.INVAE``) makes it a latent model
+    — without one it diffuses pixels. ``target_encoder`` (frozen) maps images in [−1, 1] to (B, 1 + N, z)
+    tokens [cls; patches] for REPA and REG; without one every batch must carry ``repa_target``.
+    Defaults are the official train.sh settings (AdamW 1e-4 constant, betas (0.9, 0.999), wd 0).
+    """
+
+    def __init__(
+        self,
+        model: str = "SiT-B/1",
+        input_size: int = 16,
+        in_channels: int = 32,
+        num_classes: int = 1000,
+        depth: int | None = None,
+        hidden_size: int | None = None,
+        num_heads: int | None = None,
+        class_dropout_prob: float = 0.1,
+        z_dim: int = 768,
+        projector_dim: int = 2048,
+        repa_depth: int = 4,
+        sprint: bool = True,
+        sprint_encoder_blocks: int = 2,
+        sprint_decoder_blocks: int = 2,
+        sprint_drop_ratio: float = 0.75,
+        path_drop_prob: float = 0.05,
+        rmsnorm: bool = True,
+        rope: bool = True,
+        qk_norm: bool = True,
+        value_residual: bool = True,
+        repa_weight: float = 0.5,
+        cls_weight: float = 0.03,
+        cfm_weight: float = 0.05,
+        shift_base: int = 4096,
+        time_shift: bool = True,
+        num_sample_steps: int = 250,
+        guidance: Guidance = "none",
+        guidance_scale: float = 1.0,
+        cls_guidance_scale: float = 1.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
+        tokenizer: nn.Module | None = None,
+        latent_scale: float = 0.3099,
+        target_encoder: nn.Module | None = None,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        lr_schedule: LRSchedule = "constant",
+        min_lr: float = 0.0,
+        fsdp_param_dtype: Literal["float32", "bfloat16"] | None = None,
+    ) -> None:
+        super().__init__(lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                         lr_schedule=lr_schedule, min_lr=min_lr, fsdp_param_dtype=fsdp_param_dtype)
+        self.save_hyperparameters(ignore=["tokenizer", "target_encoder"])
+        sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items() if v is not None}
+        cfg = dit_preset(
+            model, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
+            class_dropout_prob=class_dropout_prob, norm="rmsnorm" if rmsnorm else "layernorm", rope=rope,
+            qk_norm=qk_norm, value_residual=value_residual, cls_token_dim=z_dim, z_dims=(z_dim,),
+            projector_dim=projector_dim, repa_depth=sprint_encoder_blocks if sprint else repa_depth, **sizes,
+        )
+        routing = SprintConfig(sprint_encoder_blocks, sprint_decoder_blocks, sprint_drop_ratio, path_drop_prob)
+        self.net = build_dit(cfg, routing if sprint else None)
+        self.tokenizer = tokenizer
+        self.target_encoder = target_encoder
+        self.latent_scale = latent_scale
+        self.freeze()
+        self.shift = dimension_shift(in_channels * input_size * input_size, shift_base) if time_shift else 1.0
+        self.loss_fn = SRDiTLoss(repa_weight=repa_weight, cls_weight=cls_weight, cfm_weight=cfm_weight, shift=self.shift)
+        self.num_sample_steps = num_sample_steps
+        self.guidance = guidance
+        self.guidance_scale = guidance_scale
+        self.cls_guidance_scale = cls_guidance_scale
+        self.guidance_interval = tuple(guidance_interval)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [m for m in (self.tokenizer, self.target_encoder) if m is not None]
+
+    # ---------------------------------------------------------------- training
+    # encode/decode (DiffusionRecipe): INVAE posterior sample × 0.3099, decode(z / 0.3099) as the official code
+
+    @torch.no_grad()
+    def repa_targets(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, 1 + N, z) normalised [cls; patches] tokens: ``batch["repa_target"]`` or the target encoder's."""
+        if "repa_target" in batch:
+            return batch["repa_target"]
+        if self.target_encoder is None:
+            raise ValueError("SRDiT needs a target_encoder or batches with 'repa_target'")
+        return self.target_encoder(batch["image"])
+
+    def _path_drop(self, generator: torch.Generator | None) -> Tensor | None:
+        """One path-drop decision per step for the whole (global) batch, broadcast from rank 0 (official)."""
+        if not isinstance(self.net, SprintDiT) or not self.net.training:
+            return None
+        u = torch.rand(1, device=self.device, generator=generator)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(u, src=0)
+        return u[0] < self.net.sprint.path_drop_prob
+
+    def compute_losses(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        x0 = batch["latent"] * self.latent_scale if "latent" in batch else self.encode(batch["image"])
+        zs = self.repa_targets(batch).to(x0.dtype)
+        extras = {}
+        path_drop = self._path_drop(generator)
+        if path_drop is not None:
+            extras["path_drop"] = path_drop
+        return self.loss_fn(self.net, x0, batch["label"], [zs], zs[:, 0], generator=generator, **extras)
+
+    # ---------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        labels: Tensor,
+        num_steps: int | None = None,
+        guidance: Guidance | None = None,
+        guidance_scale: float | None = None,
+        noise: tuple[Tensor, Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Images in [−1, 1] (SR-DiT samplers.py: Euler–Maruyama on (latent, cls), optional CFG / PDG)."""
+        cfg = self.net.cfg
+        labels = labels.to(self.device)
+        if noise is None:
+            shape = (len(labels), cfg.in_channels, cfg.input_size, cfg.input_size)
+            noise = (torch.randn(shape, device=self.device, generator=generator),
+                     torch.randn(len(labels), cfg.cls_token_dim, device=self.device, generator=generator))
+        mode = self.guidance if guidance is None else guidance
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        null = cfg.num_classes
+        # official: the cls drift is guided with its own scale, conditional when that scale is <= 0
+        scales = (scale, self.cls_guidance_scale if self.cls_guidance_scale > 0 else 1.0) if mode != "none" else (1.0, 1.0)
+        guide_fn = None
+        if mode == "path_drop" and not isinstance(self.net, SprintDiT):
+            raise ValueError("path-drop guidance needs the SPRINT network (sprint=True)")
+        if mode == "path_drop":
+            guide_fn = lambda x, t, y: self.net.velocity(x, t, torch.full_like(y, null), uncond=True)  # noqa: E731
+        denoiser = GuidedDenoiser(self.net.velocity, scales=scales, guide_fn=guide_fn, null_label=null,
+                                  interval=self.guidance_interval)
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            x0, _ = euler_maruyama_sample(denoiser.with_labels(labels), noise, num_steps or self.num_sample_steps,
+                                          shift=self.shift, generator=generator, progress=progress)
+        finally:
+            self.net.train(was_training)
+        return self.decode(x0)
+
+
+__all__ = ["SRDiT"]
