@@ -61,6 +61,42 @@ class DiffusionRecipe(L.LightningModule):
         self.lr_schedule = lr_schedule
         self.min_lr = min_lr
         self.fsdp_param_dtype = fsdp_param_dtype
+        self.tokenizer: nn.Module | None = None  # frozen encode/decode pair of latent recipes (DESIGN contract)
+        self.latent_scale = 1.0
+
+    @property
+    def num_classes(self) -> int:
+        return self.net.num_classes
+
+    # ---------------------------------------------------------------- frozen tokenizer / encoders
+    def frozen_modules(self) -> list[nn.Module]:
+        """Pretrained modules that are never trained and stay in eval mode (tokenizer, target encoders)."""
+        return [self.tokenizer] if self.tokenizer is not None else []
+
+    def freeze(self) -> None:
+        """Stop gradients into ``frozen_modules`` and put them in eval mode."""
+        for module in self.frozen_modules():
+            module.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> DiffusionRecipe:
+        super().train(mode)
+        for module in self.frozen_modules():  # Lightning's .train() must not switch them back
+            module.eval()
+        return self
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Images in [-1, 1] → diffusion space: tokenizer latents × ``latent_scale`` (identity on pixels)."""
+        if self.tokenizer is None:
+            return images
+        return self.tokenizer.encode(images) * self.latent_scale
+
+    @torch.no_grad()
+    def decode(self, x0: Tensor) -> Tensor:
+        """Diffusion space → images in [-1, 1] (tokenizer.decode(z / latent_scale), clamped)."""
+        if self.tokenizer is None:
+            return x0.clamp(-1, 1)
+        return self.tokenizer.decode(x0 / self.latent_scale).clamp(-1, 1)
 
     # ---------------------------------------------------------------- losses and logging
     def compute_losses(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -103,7 +139,8 @@ class DiffusionRecipe(L.LightningModule):
 
     # ---------------------------------------------------------------- optimisation
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
-        return (p for p in self.parameters() if p.requires_grad)
+        frozen = {id(p) for m in self.frozen_modules() for p in m.parameters()}
+        return (p for p in self.parameters() if p.requires_grad and id(p) not in frozen)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(

@@ -66,9 +66,8 @@ class SiT(DiffusionRecipe):
         self.net = DiT(dit_preset(model, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
                                   class_dropout_prob=class_dropout_prob, **sizes))
         self.tokenizer = tokenizer
-        if tokenizer is not None:
-            tokenizer.requires_grad_(False).eval()
         self.latent_scale = latent_scale
+        self.freeze()
         dim = in_channels * input_size * input_size
         self.shift = dimension_shift(dim) if time_shift == "auto" else float(time_shift)
         self.time_sampler = TimeSampler(time_sampler, shift=self.shift)
@@ -77,28 +76,7 @@ class SiT(DiffusionRecipe):
         self.cfg_scale = cfg_scale
         self.cfg_interval = tuple(cfg_interval) if cfg_interval is not None else None
 
-    @property
-    def num_classes(self) -> int:
-        return self.net.num_classes
-
-    def trainable_parameters(self):
-        return self.net.parameters()
-
     # ---------------------------------------------------------------- training
-    @torch.no_grad()
-    def encode(self, images: Tensor) -> Tensor:
-        """Images in [-1, 1] → diffusion space (identity on pixels)."""
-        if self.tokenizer is None:
-            return images
-        return self.tokenizer.encode(images) * self.latent_scale
-
-    @torch.no_grad()
-    def decode(self, x0: Tensor) -> Tensor:
-        """Diffusion space → images in [-1, 1]."""
-        if self.tokenizer is None:
-            return x0.clamp(-1, 1)
-        return self.tokenizer.decode(x0 / self.latent_scale).clamp(-1, 1)
-
     def compute_losses(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         x0 = batch["latent"] * self.latent_scale if "latent" in batch else self.encode(batch["image"])
         terms = flow_matching_loss(self.net, x0, batch["label"], self.time_sampler, generator=generator)
