@@ -1,0 +1,46 @@
+"""Reading official checkpoint files (training checkpoints, bare state dicts, safetensors) safely."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_modules.checkpoints.registry import CONFIG_FROM_FILE, import_official
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with ``argparse.Namespace`` allow-listed (official ``args`` entry)."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_official_checkpoint(
+    path: str | Path, kind: str, use_ema: bool = True, config: Mapping[str, Any] | None = None
+) -> nn.Module:
+    """Our network from an official file: a training checkpoint dict (``ema`` if ``use_ema`` else ``model``;
+    for ``srdit.sit`` the config defaults to one derived from its ``args``), a bare state dict, or a
+    ``.safetensors`` file. Loads with ``weights_only=True``; pass ``config`` when the file has no ``args``.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj: Any = load_file(str(path))
+    else:
+        obj = _torch_load(path)
+    state_dict = obj
+    if isinstance(obj, dict):
+        for key in (("ema", "model") if use_ema else ("model", "ema")) + ("state_dict",):
+            if isinstance(obj.get(key), Mapping):
+                state_dict = obj[key]
+                break
+    if config is None:
+        derive = CONFIG_FROM_FILE.get(kind)
+        config = derive(obj if isinstance(obj, dict) else {}) if derive is not None else None
+        if config is None:
+            raise ValueError(f"{path}: no config for {kind!r} can be derived from this file; pass config=")
+    return import_official(kind, state_dict, config)
