@@ -18,7 +18,12 @@ Error policy:
   (a ``ValueError``) naming the file, by default. With ``skip_corrupt=True`` the item is replaced by
   the next readable item in index order (wrapping around; the replacement keeps its own label) and
   every distinct unreadable file is recorded once in ``skipped_files`` and counted in
-  ``num_skipped``. Those records live in the process that read the file: with DataLoader workers,
+  ``num_skipped``.
+* A file that decodes but cannot be a training image raises :class:`UnsupportedImageError` (a
+  ``CorruptImageError``, so ``skip_corrupt`` skips and counts it too) naming the file: a pixel mode
+  without an 8-bit RGB meaning (16-bit, 32-bit integer or float: ``convert("RGB")`` would clip it)
+  or a side shorter than ``MIN_IMAGE_SIDE`` pixels. Every 8-bit mode (greyscale, palette, RGBA,
+  CMYK, YCbCr, ...) is converted to RGB and any larger size is resized by the ADM crop. Those records live in the process that read the file: with DataLoader workers,
   each worker keeps its own count.
 """
 from __future__ import annotations
@@ -42,6 +47,17 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", 
 
 class CorruptImageError(ValueError):
     """An image file exists but cannot be decoded; the message names the file."""
+
+
+class UnsupportedImageError(CorruptImageError):
+    """An image file decodes but has a pixel mode or size no training image may have; names the file."""
+
+
+# 8-bit modes that convert("RGB") maps faithfully; "I;16", "I", "F" would be clipped to garbage
+RGB_CONVERTIBLE_MODES: frozenset[str] = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+)
+MIN_IMAGE_SIDE = 8
 
 
 def _layout_hint(root: Path) -> str:
@@ -95,14 +111,21 @@ def _image_files(class_dir: Path) -> list[str]:
 
 
 def read_rgb(path: str) -> Image.Image:
-    """Fully decode ``path`` and convert it to RGB; CorruptImageError naming the file if that fails."""
+    """Fully decode ``path`` and convert it to RGB; CorruptImageError (or UnsupportedImageError) naming the file."""
     try:
         with Image.open(path) as image:
             # decode now: Image.open is lazy and a truncated file only fails on load
             image.load()
-            return image.convert("RGB")
+            mode, size = image.mode, image.size
+            if mode in RGB_CONVERTIBLE_MODES and min(size) >= MIN_IMAGE_SIDE:
+                return image.convert("RGB")
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise CorruptImageError(f"cannot decode image file {path}: {error}") from error
+    if mode not in RGB_CONVERTIBLE_MODES:
+        raise UnsupportedImageError(f"image file {path} has pixel mode {mode!r}, which has no 8-bit RGB meaning; "
+                                    f"save it as 8-bit RGB (accepted modes: {sorted(RGB_CONVERTIBLE_MODES)})")
+    raise UnsupportedImageError(f"image file {path} is {size[0]}x{size[1]} pixels; images need at least "
+                                f"{MIN_IMAGE_SIDE} pixels on each side to be centre-cropped")
 
 
 class ImageFolderImages(Dataset):
@@ -250,11 +273,12 @@ class ImageNetDataModule(ImageDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        return train_loader(self.train_set, self.hparams.batch_size, self.hparams.num_workers, self.hparams.seed)
+        return train_loader(self.train_set, self.hparams.batch_size, self.hparams.num_workers, self.hparams.seed,
+                            self.hparams.num_classes)
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")
-        return eval_loader(self.val_set, self.hparams.batch_size, self.hparams.num_workers)
+        return eval_loader(self.val_set, self.hparams.batch_size, self.hparams.num_workers, self.hparams.num_classes)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -269,13 +269,14 @@ class SyntheticDataModule(ImageDataModule):
         return self.hparams.val_batch_size or self.hparams.batch_size
 
     def train_dataloader(self) -> DataLoader:
-        return train_loader(self.train_set, self.hparams.batch_size, self.hparams.num_workers, self.hparams.seed)
+        return train_loader(self.train_set, self.hparams.batch_size, self.hparams.num_workers, self.hparams.seed,
+                            self.hparams.num_classes)
 
     def val_dataloader(self) -> DataLoader:
-        return eval_loader(self.val_set, self._val_batch_size(), self.hparams.num_workers)
+        return eval_loader(self.val_set, self._val_batch_size(), self.hparams.num_workers, self.hparams.num_classes)
 
     def test_dataloader(self) -> DataLoader:
-        return eval_loader(self.val_set, self._val_batch_size(), self.hparams.num_workers)
+        return eval_loader(self.val_set, self._val_batch_size(), self.hparams.num_workers, self.hparams.num_classes)
 
     def predict_dataloader(self) -> DataLoader:
-        return eval_loader(self.val_set, self._val_batch_size(), self.hparams.num_workers)
+        return eval_loader(self.val_set, self._val_batch_size(), self.hparams.num_workers, self.hparams.num_classes)

@@ -9,11 +9,64 @@
 ``model`` and ``data`` take any LightningModule / LightningDataModule by ``class_path``, so the
 recipes and user modules are all reachable from YAML. Unknown or mistyped keys are rejected by the
 parser with the key's name.
+
+Resuming (``--ckpt_path``) loads with ``weights_only=True`` unless ``--weights_only false`` is given:
+a checkpoint can then hold only tensors and plain containers, never code (README "Fault tolerance").
+LightningCLI reads the model's hyper-parameters from the checkpoint and applies them; before that,
+a checkpoint written by another recipe than the configured ``model.class_path`` is refused with an
+error naming the file and both recipes (Lightning would otherwise switch the model class silently).
 """
 from __future__ import annotations
 
+import importlib
+import zipfile
+from pathlib import Path
+
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
+
+from lightning_modules.checkpoints.safe_load import safe_torch_load
+from lightning_modules.recipe import CheckpointMismatchError
+
+
+def qualified_class_name(class_path: str) -> str:
+    """``module.Class`` where the class is defined (``lightning_modules.SiT`` → ``lightning_modules.sit.SiT``)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return class_path
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class SpeedrunCLI(LightningCLI):
+    """LightningCLI whose checkpoint loading defaults to ``weights_only=True`` (safe loading)."""
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        subcommand = self.config.get("subcommand") if self.subcommand is not None else None
+        if subcommand is not None:
+            arguments = self.config_init[subcommand]
+            # Lightning leaves None to torch, whose default an environment variable can turn off
+            if "weights_only" in arguments and arguments["weights_only"] is None:
+                arguments["weights_only"] = True
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a checkpoint of another recipe (naming the file), then let Lightning apply its hyper-parameters."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            # mmap (zip format only): tensors stay on disk; a refused pickle raises naming the file
+            checkpoint = safe_torch_load(ckpt_path, mmap=zipfile.is_zipfile(ckpt_path) or None)
+            saved = checkpoint.get("recipe") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+            model = self.config[subcommand].get("model")
+            configured = model.get("class_path") if model is not None else None
+            if saved and configured and qualified_class_name(saved) != qualified_class_name(configured):
+                raise CheckpointMismatchError(
+                    f"checkpoint {ckpt_path} was written by recipe {qualified_class_name(saved)}, but the config "
+                    f"trains {qualified_class_name(configured)} (model.class_path): pass a checkpoint of this "
+                    "recipe, or the config of the recipe that wrote it")
+        super()._parse_ckpt_path()
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
@@ -23,7 +76,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     import datamodules  # noqa: F401
     import lightning_modules  # noqa: F401
 
-    return LightningCLI(
+    return SpeedrunCLI(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,

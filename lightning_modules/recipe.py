@@ -6,18 +6,76 @@ loss term, FSDP2 sharding of the denoiser's blocks in ``configure_model``, and t
 surface that callbacks call (DESIGN: callbacks talk to modules only through ``net`` and
 ``sample``). The math stays in plain functions; a recipe implements ``compute_losses`` and
 ``sample``.
+
+Fault tolerance (README "Fault tolerance"):
+
+* Non-finite losses: every training step checks each loss term. ``nonfinite="skip"`` leaves the
+  weights and optimizer state untouched — ``training_step`` returns None on one device (Lightning
+  then runs no backward); under data parallelism, where Lightning forbids None, every rank runs the
+  backward of a zeroed loss and ``on_before_optimizer_step`` drops the gradients — logs a warning
+  naming the term(s) and counts the step in ``nonfinite_steps`` (logged as ``train/nonfinite_steps``
+  and checkpointed); the step still counts (data, LR schedule). ``nonfinite="raise"`` stops with
+  :class:`NonFiniteLossError` naming the term(s) and the step. The decision is reduced over ranks
+  (any rank non-finite → every rank skips), so ranks never disagree on a step.
+* Checkpoints carry the recipe's class (``checkpoint["recipe"]``), the skip counter and the RNG
+  states (torch CPU / CUDA, numpy, random), restored when training starts so a resumed run draws
+  the same noise as an uninterrupted one. Loading a checkpoint of another recipe, or of a network
+  with other keys or shapes, raises :class:`CheckpointMismatchError` naming the file.
 """
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 LRSchedule = Literal["constant", "cosine"]
+NonFinitePolicy = Literal["skip", "raise"]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss term is NaN or infinite and the recipe's policy is ``nonfinite="raise"``."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was written by another recipe or for another network; the message names the file."""
+
+
+def capture_rng_states() -> dict[str, Any]:
+    """torch CPU (and CUDA), numpy and ``random`` generator states as tensors and plain Python values
+    (loadable with ``torch.load(weights_only=True)``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_states` (entries that are missing are left alone)."""
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if "numpy" in states:
+        n = states["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "python" in states:
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def warmup_schedule_factor(
@@ -36,7 +94,11 @@ class DiffusionRecipe(L.LightningModule):
     """Base class: optimizer + schedule, loss logging, FSDP2 ``configure_model``, ``sample`` surface.
 
     Subclasses set ``self.net`` (the denoiser) and implement ``compute_losses(batch, generator)``
-    returning a dict whose ``"loss"`` entry is the total to minimise.
+    returning a dict whose ``"loss"`` entry is the total to minimise. ``nonfinite`` is the policy for
+    a NaN / infinite loss term ("skip" or "raise", see the module docstring); a subclass with its own
+    ``training_step`` calls ``self.losses_are_finite(losses)`` and skips its update when it is False.
+    Subclasses that override ``on_save_checkpoint`` / ``on_load_checkpoint`` / ``on_train_start`` /
+    ``on_fit_start`` / ``on_before_optimizer_step`` call super.
     """
 
     net: nn.Module
@@ -51,8 +113,15 @@ class DiffusionRecipe(L.LightningModule):
         lr_schedule: LRSchedule = "constant",
         min_lr: float = 0.0,
         fsdp_param_dtype: Literal["float32", "bfloat16"] | None = None,
+        nonfinite: NonFinitePolicy = "skip",
     ) -> None:
         super().__init__()
+        if nonfinite not in ("skip", "raise"):
+            raise ValueError(f"nonfinite must be 'skip' or 'raise', got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        self.nonfinite_steps = 0  # training steps skipped for a non-finite loss (checkpointed)
+        self._pending_rng: Mapping[str, Any] | None = None
+        self._drop_gradients = False  # set by a skipped step under data parallelism
         self.lr = lr
         self.betas = tuple(betas)
         self.weight_decay = weight_decay
@@ -109,10 +178,52 @@ class DiffusionRecipe(L.LightningModule):
         self.log(f"{stage}/loss", losses["loss"].detach().float(), batch_size=batch_size, prog_bar=True,
                  sync_dist=stage != "train")
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         losses = self.compute_losses(batch)
+        if not self.losses_are_finite(losses):
+            if self._trainer is None or self.trainer.world_size == 1:
+                return None  # Lightning skips backward; no gradient, so the optimizer changes nothing
+            # Lightning forbids None under data parallelism: every rank runs backward (keeping the collectives
+            # in step) and on_before_optimizer_step drops the gradients, so the optimizer changes nothing
+            self._drop_gradients = True
+            return losses["loss"] * 0.0
         self.log_losses(losses, "train", batch_size=len(batch["label"]))
         return losses["loss"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if getattr(self, "_drop_gradients", False):
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None  # AdamW leaves parameters (and their moments) without a gradient untouched
+            self._drop_gradients = False
+
+    def losses_are_finite(self, losses: Mapping[str, Tensor]) -> bool:
+        """True if every loss term is finite on every rank; otherwise apply the ``nonfinite`` policy:
+        raise :class:`NonFiniteLossError`, or warn, count the step in ``nonfinite_steps`` and return False."""
+        names = [k for k, v in losses.items() if torch.is_tensor(v) and v.is_floating_point()]
+        finite = torch.stack([torch.isfinite(losses[k].detach()).all() for k in names]) if names else None
+        local_bad = finite is not None and not bool(finite.all())  # one host sync for all terms
+        bad = local_bad
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(local_bad, all=False)
+        if self._trainer is not None:
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps + int(bad)), prog_bar=False, batch_size=1)
+        if not bad:
+            return True
+        flags = finite.tolist() if finite is not None else []
+        terms = ", ".join(f"{k}={losses[k].detach().float().mean().item()}" for k, ok in zip(names, flags) if not ok)
+        where = f"global step {self.global_step}" if self._trainer is not None else "this step"
+        if self._trainer is not None:
+            where += f" (epoch {self.current_epoch}, batch index {self.trainer.fit_loop.epoch_loop.batch_idx})"
+        what = f"non-finite loss term(s) {terms}" if terms else "a non-finite loss term on another rank"
+        if self.nonfinite == "raise":
+            raise NonFiniteLossError(
+                f"{type(self).__name__}: {what} at {where}. Lower the learning rate, enable gradient clipping "
+                "(trainer.gradient_clip_val) or set model.init_args.nonfinite: skip to skip such steps")
+        self.nonfinite_steps += 1
+        log.warning("%s: %s at %s; step skipped (%d skipped so far)", type(self).__name__, what, where,
+                    self.nonfinite_steps)
+        return False
 
     def _fixed_generator(self, batch_idx: int) -> torch.Generator:
         # the same noise and t for the same validation batch every epoch, so val curves are comparable
@@ -127,6 +238,42 @@ class DiffusionRecipe(L.LightningModule):
         losses = self.compute_losses(batch, generator=self._fixed_generator(batch_idx))
         self.log_losses(losses, "test", batch_size=len(batch["label"]))
         return losses["loss"]
+
+    # ---------------------------------------------------------------- data checks
+    def expected_image_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of the images a pixel-space denoiser takes (from ``net.cfg``); None for latent recipes."""
+        cfg = getattr(getattr(self, "net", None), "cfg", None)
+        size = getattr(cfg, "input_size", None) or getattr(cfg, "resolution", None)
+        channels = getattr(cfg, "in_channels", None)
+        if self.tokenizer is not None or not isinstance(size, int) or not isinstance(channels, int):
+            return None
+        return (channels, size, size)
+
+    def on_fit_start(self) -> None:
+        check_data_fits(self, self._trainer.datamodule if self._trainer is not None else None)
+
+    # ---------------------------------------------------------------- checkpoints
+    @classmethod
+    def recipe_name(cls) -> str:
+        """``module.Class`` of this recipe, stored in every checkpoint."""
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["recipe"] = self.recipe_name()
+        checkpoint["nonfinite_steps"] = self.nonfinite_steps
+        checkpoint["rng_states"] = capture_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        source = self._trainer.ckpt_path if self._trainer is not None else None
+        check_checkpoint_matches(self, checkpoint, source)
+        self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
+        # applied when training starts: loaders and sanity checks between load and the first step draw nothing
+        self._pending_rng = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        if self._pending_rng is not None:
+            restore_rng_states(self._pending_rng)
+            self._pending_rng = None
 
     # ---------------------------------------------------------------- sampling surface
     @torch.no_grad()
@@ -178,3 +325,56 @@ class DiffusionRecipe(L.LightningModule):
         for unit in self.shard_units():
             fully_shard(unit, mesh=dp_mesh, mp_policy=policy)
         fully_shard(self.net, mesh=dp_mesh, mp_policy=policy)
+
+
+def check_checkpoint_matches(recipe: DiffusionRecipe, checkpoint: Mapping[str, Any], source: Any = None) -> None:
+    """Raise :class:`CheckpointMismatchError` (naming ``source``) if ``checkpoint`` was written by another
+    recipe class or holds network tensors whose names or shapes differ from ``recipe``'s."""
+    where = f"checkpoint {source}" if source is not None else "checkpoint"
+    saved = checkpoint.get("recipe")
+    if saved is not None and saved != recipe.recipe_name():
+        raise CheckpointMismatchError(
+            f"{where} was written by recipe {saved}, not {recipe.recipe_name()}: pass a checkpoint of this "
+            "recipe to --ckpt_path (or change model.class_path to the recipe that wrote it)")
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, Mapping) or not state:
+        return
+    ours = {k: v for k, v in recipe.state_dict().items() if torch.is_tensor(v)}
+    if any(type(v).__name__ == "DTensor" for v in ours.values()):
+        return  # sharded: the strategy's loader checks the distributed state
+    strict = getattr(recipe, "strict_loading", True)  # a recipe may leave e.g. frozen encoders out of checkpoints
+    missing = sorted(set(ours) - set(state)) if strict else []
+    unexpected = sorted(set(state) - set(ours)) if strict else []
+    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(ours[k].shape)}"
+                    for k in set(ours) & set(state) if torch.is_tensor(state[k]) and state[k].shape != ours[k].shape)
+    if missing or unexpected or shapes:
+        parts = [f"{name} ({len(items)}): {', '.join(items[:4])}{', ...' if len(items) > 4 else ''}"
+                 for name, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shape mismatches", shapes)) if items]
+        raise CheckpointMismatchError(
+            f"{where} does not fit {type(recipe).__name__} as configured: " + "; ".join(parts)
+            + ". Resume with the configuration that wrote it (its hyper_parameters are stored in the checkpoint)")
+
+
+def check_data_fits(recipe: DiffusionRecipe, datamodule: Any) -> None:
+    """Raise ValueError naming the config keys when the datamodule's classes or image shape do not fit the
+    recipe's network (before a label beyond the embedding table or a wrong-size image reaches torch)."""
+    if datamodule is None:
+        return
+    data_classes = getattr(datamodule, "num_classes", None)
+    try:
+        model_classes = recipe.num_classes
+    except AttributeError:
+        model_classes = None
+    if isinstance(data_classes, int) and isinstance(model_classes, int) and data_classes > model_classes:
+        raise ValueError(
+            f"data.init_args.num_classes={data_classes} but {type(recipe).__name__} was built for num_classes="
+            f"{model_classes} (label {model_classes} is its null class): make model.init_args.num_classes match")
+    expected = recipe.expected_image_shape()
+    shape = getattr(datamodule, "image_shape", None)
+    if expected is not None and shape is not None and not hasattr(datamodule, "latent_shape"):
+        if tuple(shape) != tuple(expected):
+            raise ValueError(
+                f"the datamodule yields images of shape {tuple(shape)} (data.init_args.resolution) but "
+                f"{type(recipe).__name__}'s network takes {tuple(expected)} (model input size / in_channels): "
+                "make them match")

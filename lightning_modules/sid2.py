@@ -31,7 +31,7 @@ from lightning_modules.diffusion.samplers import ddpm_ancestral_sample
 from lightning_modules.diffusion.vp import LogSNRSchedule, ScheduleKind, alpha_sigma, x_from_v
 from lightning_modules.losses.sigmoid_loss import Weighting, vp_diffusion_loss
 from lightning_modules.networks.uvit import PresetName, UViT, UViTConfig, uvit_preset
-from lightning_modules.recipe import DiffusionRecipe, LRSchedule
+from lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
 
 __all__ = ["SID2_GUIDANCE_INTERVAL", "SiD2", "sid2_guidance_interval"]
 
@@ -107,9 +107,11 @@ class SiD2(DiffusionRecipe):
         lr_schedule: LRSchedule = "constant",
         min_lr: float = 0.0,
         fsdp_param_dtype: Literal["float32", "bfloat16"] | None = None,
+        nonfinite: NonFinitePolicy = "skip",
     ) -> None:
         super().__init__(lr=lr, betas=betas, weight_decay=weight_decay, adam_eps=adam_eps, warmup_steps=warmup_steps,
-                         lr_schedule=lr_schedule, min_lr=min_lr, fsdp_param_dtype=fsdp_param_dtype)
+                         lr_schedule=lr_schedule, min_lr=min_lr, fsdp_param_dtype=fsdp_param_dtype,
+                         nonfinite=nonfinite)
         self.save_hyperparameters()
         overrides = dict(
             patch_size=patch_size, channels=channels, block_types=block_types, num_updown_blocks=num_updown_blocks,

@@ -22,7 +22,7 @@ from lightning_modules.diffusion import (
 )
 from lightning_modules.losses import flow_matching_loss
 from lightning_modules.networks.dit import DiT, dit_preset
-from lightning_modules.recipe import DiffusionRecipe, LRSchedule
+from lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
 
 
 class SiT(DiffusionRecipe):
@@ -58,9 +58,11 @@ class SiT(DiffusionRecipe):
         lr_schedule: LRSchedule = "constant",
         min_lr: float = 0.0,
         fsdp_param_dtype: Literal["float32", "bfloat16"] | None = None,
+        nonfinite: NonFinitePolicy = "skip",
     ) -> None:
         super().__init__(lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                         lr_schedule=lr_schedule, min_lr=min_lr, fsdp_param_dtype=fsdp_param_dtype)
+                         lr_schedule=lr_schedule, min_lr=min_lr, fsdp_param_dtype=fsdp_param_dtype,
+                         nonfinite=nonfinite)
         self.save_hyperparameters(ignore=["tokenizer"])
         sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items() if v is not None}
         self.net = DiT(dit_preset(model, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
