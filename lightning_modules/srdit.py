@@ -7,7 +7,13 @@ DINOv2 tokens (or ``batch["repa_target"]``), REG token = zs[:, 0]; the objective
 (latent, cls) with the official grid, no guidance for metrics (paper), CFG or path-drop guidance on a
 shifted-t interval for pictures; latents decoded as tokenizer.decode(z / 0.3099).
 
-Each Table 1 improvement is a switch: ``sprint``, ``rmsnorm``, ``rope``, ``qk_norm``, ``value_residual``.
+Each Table 1 improvement is a switch: ``sprint``, ``rmsnorm``, ``rope``, ``qk_norm``, ``value_residual``
+(and ``cfm_weight`` 0 / ``time_shift`` off for the last rows); configs/srdit/ablations/ holds the rows.
+
+Data: batches of images (``{"image", "label"}``: INVAE encodes on the fly, DINOv2 targets on the fly) or of
+cached latents from ``datamodules.LatentDataModule`` (``{"latent", "label"}`` plus ``"image"`` for on-the-fly
+targets, or pre-computed ``"repa_target"``) — the official pipeline caches one INVAE posterior sample per image
+and computes the DINOv2 targets from the stored image every step.
 """
 from __future__ import annotations
 
@@ -18,12 +24,31 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_modules.diffusion import GuidedDenoiser, dimension_shift, euler_maruyama_sample
+from lightning_modules.latent_encoder import LatentMode, encode_latents
 from lightning_modules.losses.srdit_loss import SRDiTLoss
 from lightning_modules.networks.dit import dit_preset
 from lightning_modules.networks.sprint import SprintConfig, SprintDiT, build_dit
-from lightning_modules.recipe import DiffusionRecipe, LRSchedule
+from lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
 
 Guidance = Literal["none", "cfg", "path_drop"]
+
+
+def load_tokenizer_weights(tokenizer: nn.Module | None, path: str) -> None:
+    """Load an official INVAE file into ``tokenizer`` with strict keys (reference/srdit/README "INVAE")."""
+    from pathlib import Path
+
+    from lightning_modules.checkpoints import load_official_checkpoint
+
+    if tokenizer is None:
+        raise ValueError("tokenizer_weights given but no tokenizer: set model.init_args.tokenizer (an INVAE)")
+    if not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"tokenizer_weights: INVAE weights not found at {path!r} (a local e2e-invae file)")
+    cfg = getattr(tokenizer, "cfg", None)
+    config = {} if cfg is None else {k: getattr(cfg, k) for k in ("embed_dim", "ch", "ch_mult", "num_res_blocks",
+                                                                  "attn_resolutions", "resolution", "in_channels",
+                                                                  "out_ch", "dropout")}
+    loaded = load_official_checkpoint(Path(path).expanduser(), "srdit.invae", config=config)
+    tokenizer.load_state_dict(loaded.state_dict(), strict=True)
 
 
 class SRDiT(DiffusionRecipe):
@@ -31,7 +56,10 @@ class SRDiT(DiffusionRecipe):
 
     ``tokenizer`` (frozen; ``encode``/``decode``, e.g. ``networks.invae.INVAE``) makes it a latent model
     — without one it diffuses pixels. ``target_encoder`` (frozen) maps images in [−1, 1] to (B, 1 + N, z)
-    tokens [cls; patches] for REPA and REG; without one every batch must carry ``repa_target``.
+    tokens [cls; patches] for REPA and REG (``networks.target_encoders.DINOv2Targets``); without one every
+    batch must carry ``repa_target``. ``tokenizer_weights``: a local INVAE file (official ``e2e-invae`` keys,
+    safetensors or a torch file) loaded strictly into ``tokenizer``. ``latent_mode``: images encoded on the fly
+    use the posterior sample (official) or its mean.
     Defaults are the official train.sh settings (AdamW 1e-4 constant, betas (0.9, 0.999), wd 0).
     """
 
@@ -69,7 +97,9 @@ class SRDiT(DiffusionRecipe):
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         tokenizer: nn.Module | None = None,
         latent_scale: float = 0.3099,
+        latent_mode: LatentMode = "sample",
         target_encoder: nn.Module | None = None,
+        tokenizer_weights: str | None = None,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.0,
@@ -77,9 +107,11 @@ class SRDiT(DiffusionRecipe):
         lr_schedule: LRSchedule = "constant",
         min_lr: float = 0.0,
         fsdp_param_dtype: Literal["float32", "bfloat16"] | None = None,
+        nonfinite: NonFinitePolicy = "skip",
     ) -> None:
         super().__init__(lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                         lr_schedule=lr_schedule, min_lr=min_lr, fsdp_param_dtype=fsdp_param_dtype)
+                         lr_schedule=lr_schedule, min_lr=min_lr, fsdp_param_dtype=fsdp_param_dtype,
+                         nonfinite=nonfinite)
         self.save_hyperparameters(ignore=["tokenizer", "target_encoder"])
         sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items() if v is not None}
         cfg = dit_preset(
@@ -90,9 +122,14 @@ class SRDiT(DiffusionRecipe):
         )
         routing = SprintConfig(sprint_encoder_blocks, sprint_decoder_blocks, sprint_drop_ratio, path_drop_prob)
         self.net = build_dit(cfg, routing if sprint else None)
+        if tokenizer_weights is not None:
+            load_tokenizer_weights(tokenizer, tokenizer_weights)
         self.tokenizer = tokenizer
         self.target_encoder = target_encoder
         self.latent_scale = latent_scale
+        if latent_mode not in ("sample", "mean"):
+            raise ValueError(f"latent_mode must be 'sample' or 'mean', got {latent_mode!r}")
+        self.latent_mode = latent_mode
         self.freeze()
         self.shift = dimension_shift(in_channels * input_size * input_size, shift_base) if time_shift else 1.0
         self.loss_fn = SRDiTLoss(repa_weight=repa_weight, cls_weight=cls_weight, cfm_weight=cfm_weight, shift=self.shift)
@@ -106,16 +143,52 @@ class SRDiT(DiffusionRecipe):
         return [m for m in (self.tokenizer, self.target_encoder) if m is not None]
 
     # ---------------------------------------------------------------- training
-    # encode/decode (DiffusionRecipe): INVAE posterior sample × 0.3099, decode(z / 0.3099) as the official code
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Images → latent_scale · (INVAE posterior sample, as the official cache, or its mean: ``latent_mode``)."""
+        if self.tokenizer is None:
+            return images
+        return encode_latents(self.tokenizer, images, self.latent_mode) * self.latent_scale
+    # decode (DiffusionRecipe): tokenizer.decode(z / 0.3099), clamped, as the official generate.py
 
     @torch.no_grad()
     def repa_targets(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, 1 + N, z) normalised [cls; patches] tokens: ``batch["repa_target"]`` or the target encoder's."""
         if "repa_target" in batch:
-            return batch["repa_target"]
-        if self.target_encoder is None:
+            zs = batch["repa_target"]
+        elif self.target_encoder is None:
             raise ValueError("SRDiT needs a target_encoder or batches with 'repa_target'")
-        return self.target_encoder(batch["image"])
+        elif "image" not in batch:
+            raise ValueError("SRDiT computes DINOv2 targets from batch['image']: load the images with the cached "
+                             "latents (LatentDataModule(with_images=True)) or pre-computed 'repa_target'")
+        else:
+            zs = self.target_encoder(batch["image"])
+        cfg = self.net.cfg
+        want = (cfg.num_extra_tokens + cfg.num_tokens, cfg.cls_token_dim)
+        if zs.ndim != 3 or tuple(zs.shape[1:]) != want:
+            raise ValueError(f"REPA/REG targets must be (B, {want[0]}, {want[1]}) = [cls; {cfg.grid_size}x"
+                             f"{cfg.grid_size} patches] x z_dim, got {tuple(zs.shape)} (check the target encoder's "
+                             f"resolution / patch size and z_dim)")
+        return zs
+
+    def diffusion_input(self, batch: dict[str, Tensor]) -> Tensor:
+        """x0 = latent_scale · (cached ``batch["latent"]`` or tokenizer.encode(``batch["image"]``))."""
+        x0 = batch["latent"].float() * self.latent_scale if "latent" in batch else self.encode(batch["image"])
+        cfg = self.net.cfg
+        want = (cfg.in_channels, cfg.input_size, cfg.input_size)
+        if tuple(x0.shape[1:]) != want:
+            source = "batch['latent']" if "latent" in batch else "tokenizer.encode(batch['image'])"
+            raise ValueError(f"{source} has shape {tuple(x0.shape)}, the network expects (B, {want[0]}, {want[1]}, "
+                             f"{want[2]}) (in_channels / input_size)")
+        return x0
+
+    def on_fit_start(self) -> None:
+        """Cached latents must have been written with this module's latent scale (manifest ``scale``)."""
+        manifest = getattr(self.trainer.datamodule, "manifest", None) if self._trainer is not None else None
+        scale = manifest.get("scale") if isinstance(manifest, dict) else None
+        if scale is not None and abs(float(scale) - self.latent_scale) > 1e-6:
+            raise ValueError(f"cached latents were written with scale {scale} but SRDiT.latent_scale is "
+                             f"{self.latent_scale}; set model.init_args.latent_scale: {scale}")
 
     def _path_drop(self, generator: torch.Generator | None) -> Tensor | None:
         """One path-drop decision per step for the whole (global) batch, broadcast from rank 0 (official)."""
@@ -127,7 +200,7 @@ class SRDiT(DiffusionRecipe):
         return u[0] < self.net.sprint.path_drop_prob
 
     def compute_losses(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        x0 = batch["latent"] * self.latent_scale if "latent" in batch else self.encode(batch["image"])
+        x0 = self.diffusion_input(batch)
         zs = self.repa_targets(batch).to(x0.dtype)
         extras = {}
         path_drop = self._path_drop(generator)

@@ -64,3 +64,16 @@ def test_ablation_without_sprint():
     assert module.compute_losses(_batch())["loss"].isfinite()
     with pytest.raises(ValueError, match="path-drop"):
         module.sample(torch.tensor([0]), guidance="path_drop", guidance_scale=2.0)
+
+
+def test_tokenizer_weights_load_from_a_local_file(tmp_path):
+    from safetensors.torch import save_file
+
+    source = _module().tokenizer
+    path = tmp_path / "invae.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    torch.manual_seed(123)  # a different random init, replaced by the file's weights
+    module = _module(tokenizer_weights=str(path))
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), module.tokenizer.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        _module(tokenizer_weights=str(tmp_path / "missing.pt"))
