@@ -13,11 +13,13 @@ class Mlp(nn.Module):
     Submodule names ``fc1``/``fc2`` follow timm's ``Mlp`` so official DiT/SiT checkpoints load key-for-key.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, out_dim: int | None = None, bias: bool = True) -> None:
+    def __init__(
+        self, dim: int, hidden_dim: int, out_dim: int | None = None, bias: bool = True, approximate: str = "tanh"
+    ) -> None:
         super().__init__()
         out_dim = dim if out_dim is None else out_dim
         self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = nn.GELU(approximate=approximate)  # "none" = exact erf GELU (ViT/MAE/DINOv2, RAE decoder)
         self.fc2 = nn.Linear(hidden_dim, out_dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
