@@ -4,6 +4,7 @@ from __future__ import annotations
 from .attention import Attention
 from .conv_autoencoder import ConvResnetBlock, Downsample, SpatialSelfAttention, Upsample
 from .embeddings import (
+    FourierTimestepEmbedder,
     GaussianFourierEmbedding,
     LabelEmbedder,
     PatchEmbed,
@@ -25,6 +26,7 @@ __all__ = [
     "ConvResnetBlock",
     "Downsample",
     "BlockModulationBias",
+    "FourierTimestepEmbedder",
     "GaussianFourierEmbedding",
     "GlobalModulation",
     "LabelEmbedder",

@@ -1,12 +1,21 @@
 """Multi-head self-attention with optional QK-norm, value residual and 2-D RoPE (SR-DiT README "Network")."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .norms import RMSNorm
 from .rope import RoPE2D
+
+
+def _qk_norm(kind: str, head_dim: int, eps: float | None) -> nn.Module:
+    """Per-head norm of q or k, with a weight: RMSNorm, or LayerNorm with affine (default eps 1e-5)."""
+    if kind == "layernorm":
+        return nn.LayerNorm(head_dim, eps=1e-5 if eps is None else eps, elementwise_affine=True)
+    return RMSNorm(head_dim, eps=eps, affine=True)
 
 
 class Attention(nn.Module):
@@ -16,6 +25,9 @@ class Attention(nn.Module):
     al. 2023; weight on, ``eps=None`` = machine epsilon) → value residual v ← λ·v1 + (1 − λ)·v
     (ResFormer, Zhou et al. 2024; λ an unconstrained scalar initialised to 0.5) → RoPE on q and k →
     SDPA (no mask, no dropout) → merge heads → ``proj``.
+
+    ``qk_norm_type="layernorm"`` uses LayerNorm(head_dim) with affine instead (LightningDiT / RAE with
+    ``use_rmsnorm=False``; ``qk_norm_eps=None`` then means LayerNorm's 1e-5).
     """
 
     def __init__(
@@ -26,6 +38,7 @@ class Attention(nn.Module):
         qk_norm: bool = False,
         qk_norm_eps: float | None = None,
         value_residual: bool = False,
+        qk_norm_type: Literal["rmsnorm", "layernorm"] = "rmsnorm",
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
@@ -33,8 +46,10 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.q_norm = RMSNorm(self.head_dim, eps=qk_norm_eps, affine=True) if qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(self.head_dim, eps=qk_norm_eps, affine=True) if qk_norm else nn.Identity()
+        if qk_norm_type not in ("rmsnorm", "layernorm"):
+            raise ValueError(f"qk_norm_type must be 'rmsnorm' or 'layernorm', got {qk_norm_type!r}")
+        self.q_norm = _qk_norm(qk_norm_type, self.head_dim, qk_norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = _qk_norm(qk_norm_type, self.head_dim, qk_norm_eps) if qk_norm else nn.Identity()
         if value_residual:
             # 0-dim scalar like the official `v1_lambda`, so state dicts load as is
             self.v1_lambda = nn.Parameter(torch.tensor(0.5))

@@ -60,8 +60,27 @@ class GaussianFourierEmbedding(nn.Module):
         self.register_buffer("W", torch.randn(dim // 2) * scale)
 
     def forward(self, x: Tensor) -> Tensor:
-        args = 2 * math.pi * x.float()[:, None] * self.W[None]
+        # x·W first, then ·2·π: the operation order of RAE's GaussianFourierEmbedding (bitwise replay)
+        args = x.float()[:, None] * self.W[None] * 2 * math.pi
         return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class FourierTimestepEmbedder(GaussianFourierEmbedding):
+    """t (B,) → MLP([sin 2πtW, cos 2πtW]) (B, dim): the Gaussian Fourier time embedding of RAE App. F
+    ("we replace the timestep embedding with a Gaussian Fourier embedding layer", after Song et al. 2021).
+
+    t ∈ [0, 1] is used raw. W (``frequency_dim`` / 2 = 256 values, N(0, scale²), scale 1) is a frozen
+    persistent buffer drawn per network, so checkpoints must carry it; keys ``W``, ``mlp.0``, ``mlp.2``
+    as in RAE's ``t_embedder``.
+    """
+
+    def __init__(self, dim: int, frequency_dim: int = 512, scale: float = 1.0) -> None:
+        super().__init__(frequency_dim, scale)
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(super().forward(t).to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):

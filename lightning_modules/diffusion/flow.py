@@ -83,8 +83,8 @@ class TimeSampler:
     eq. 3; RAE transport: `uniform` or `logit-normal_0_1` (Esser et al. 2024), then the shift).
 
     uniform: t = t_max·U with U ~ U[0, 1). logit_normal: t = sigmoid(mean + std·Φ⁻¹(U)), i.e.
-    sigmoid(N(mean, std²)) drawn by the inverse CDF (one uniform per sample, as RAE does), then
-    clamped to [0, t_max]. Finally t ← shift_time(t, shift). ``t_max`` defaults to 1; RAE's
+    sigmoid(N(mean, std²)) drawn by the inverse CDF (one uniform per sample, as RAE does) and truncated
+    to [0, t_max] (U rescaled onto [0, Φ((logit t_max − mean)/std)], then a clamp). Finally t ← shift_time(t, shift). ``t_max`` defaults to 1; RAE's
     transport restricts training times to [0, 0.999] (``t_max=0.999``).
     """
 
@@ -113,10 +113,17 @@ class TimeSampler:
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Draw t of shape (batch_size,), float32, in [0, 1]."""
-        u = torch.rand(batch_size, device=device, generator=generator)
+        return self.from_uniform(torch.rand(batch_size, device=device, generator=generator))
+
+    def from_uniform(self, u: Tensor) -> Tensor:
+        """The deterministic map U ~ U[0, 1) → shifted t (one uniform per sample; replays recorded draws)."""
         if self.kind == "uniform":
             t = u * self.t_max
         else:
+            if self.t_max < 1:
+                # truncate at t_max by the inverse CDF (RAE transport): U' = Φ(b)·U, b = (logit(t_max) − mean)/std
+                b = (math.log(self.t_max / (1 - self.t_max)) - self.mean) / self.std
+                u = u * (0.5 * (1 + math.erf(b / math.sqrt(2.0))))
             # inverse-CDF draw: Φ⁻¹(u) = √2·erfinv(2u − 1); u = 0 maps to −∞, i.e. t = 0
             normal = math.sqrt(2.0) * torch.erfinv(2 * u - 1)
             t = torch.sigmoid(self.mean + self.std * normal).clamp(0.0, self.t_max)

@@ -12,6 +12,9 @@ One block (`DiTBlock`) and one network (`DiT`) cover the papers' variants throug
 | ``modulation``    | "adaln" (adaLN-Zero per block)                 | "global" (SpeedDiff A.1.2)          |
 | ``cls_token_dim`` | 0 (no extra token)                             | 768 (SR-DiT REG token, DINOv2 CLS)  |
 | ``z_dims``        | () (no projector)                              | (768,) (REPA projector, λ 0.5)      |
+| ``time_embed``    | "sinusoidal"                                   | "fourier" (RAE LightningDiT, App. F)|
+| ``norm_weight``   | False                                          | True (RAE LightningDiT RMSNorm)     |
+| ``learn_sigma``   | False                                          | LightningDiT option (σ half dropped)|
 
 The vanilla SiT forward is DiT's: patchify → + fixed 2-D sin-cos APE → N × (adaLN-Zero block) →
 adaLN final layer → unpatchify; the conditioning is c = t_emb(t) + y_emb(y) with t raw in [0, 1]
@@ -37,6 +40,7 @@ from lightning_modules.blocks import (
     AdaLNModulation,
     Attention,
     BlockModulationBias,
+    FourierTimestepEmbedder,
     GlobalModulation,
     LabelEmbedder,
     Mlp,
@@ -54,6 +58,7 @@ from lightning_modules.blocks import (
 NormKind = Literal["layernorm", "rmsnorm"]
 MlpKind = Literal["gelu", "swiglu"]
 ModulationKind = Literal["adaln", "global"]
+TimeEmbedKind = Literal["sinusoidal", "fourier"]
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,23 @@ class DiTConfig:
     z_dims: tuple[int, ...] = ()
     projector_dim: int = 2048
     repa_depth: int = 4
+    # LightningDiT options (RAE App. F): Gaussian Fourier t-embedding, RMSNorm with weight, QK-norm kind
+    time_embed: TimeEmbedKind = "sinusoidal"
+    norm_weight: bool = False
+    qk_norm_type: NormKind = "rmsnorm"
+    qk_norm_eps: float | None = None
+    learn_sigma: bool = False
+    swiglu_multiple_of: int = 1  # SwiGLU width rounded up to this (Refined-DiT: 256, SpeedDiff Tab. 7)
 
     @property
     def num_extra_tokens(self) -> int:
         """Tokens before the patches: 1 for the REG cls token, else 0."""
         return 1 if self.cls_token_dim else 0
+
+    @property
+    def out_channels(self) -> int:
+        """Channels the final layer predicts: 2C with LightningDiT's ``learn_sigma`` (σ half discarded), else C."""
+        return 2 * self.in_channels if self.learn_sigma else self.in_channels
 
     @property
     def grid_size(self) -> int:
@@ -114,11 +131,97 @@ def dit_preset(name: str, **overrides) -> DiTConfig:
     return replace(DiTConfig(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=int(patch)), **overrides)
 
 
-def make_norm(kind: NormKind, dim: int) -> nn.Module:
-    """The pre-norm of blocks and final layer: weightless, eps 1e-6 (DiT LayerNorm; SR-DiT RMSNorm)."""
+# SpeedDiff Tab. 14 Refined-DiT rows: size -> (depth, hidden, heads); 64 channels per head.
+REFINED_DIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (27, 1408, 22),
+}
+
+
+def refined_dit_preset(name: str = "Refined-DiT-XL", **overrides) -> DiTConfig:
+    """SpeedDiff denoisers on the ViT-VAE latent (32 × 16 × 16 at 256² and 512²).
+
+    "Refined-DiT-B/L/XL" (supp. A.1.2, Tab. 14): LightningDiT block (RMSNorm, SwiGLU, QK-norm, 2-D RoPE, fixed
+    sin-cos APE as LightningDiT) with one global adaLN-single modulation + per-block bias tables (PixArt-α),
+    patch size 1 (a 1×1 conv = a per-token linear projection), class dropout 10 %. The SwiGLU width is
+    ⌈(2/3)·4·D / 256⌉·256 (2048 / 2816 / 3840): the choice that reproduces Tab. 7 (91.38 / 319.38 / 672.23 M,
+    21.79 / 79.01 / 167.07 GFLOPs) within 0.15 %; unrounded widths miss L / XL by 2 % / 1.4 %. The final layer
+    keeps its own adaLN Linear(D, 2D) (PixArt's table-only final layer would miss Tab. 7's B count by 1.3 %).
+    "DiT-XL/1" gives the Tab. 10 baseline on the same latent (675.15 M counting the sin-cos table, as DiT).
+    AutoGuidance's bad model (A.3.1) is an override: half the blocks and heads, e.g. ``depth=13, num_heads=11``.
+    """
+    latent = {"input_size": 16, "in_channels": 32}
+    if name.startswith(("DiT-", "SiT-")):
+        return dit_preset(name, **{**latent, **overrides})
+    size = name.removeprefix("Refined-DiT-")
+    if size not in REFINED_DIT_SIZES:
+        raise ValueError(f"unknown preset {name!r}; expected 'Refined-DiT-' + one of {sorted(REFINED_DIT_SIZES)}")
+    depth, hidden, heads = REFINED_DIT_SIZES[size]
+    cfg = DiTConfig(
+        **latent, patch_size=1, hidden_size=hidden, depth=depth, num_heads=heads, class_dropout_prob=0.1,
+        norm="rmsnorm", mlp="swiglu", qk_norm=True, rope=True, modulation="global", swiglu_multiple_of=256,
+    )
+    return replace(cfg, **overrides)
+
+
+def check_token_width(width: int, token_dim: int, what: str = "hidden_size") -> None:
+    """RAE Sec. 4.1 (Theorem 1): a denoiser narrower than its token dimension n = C·p² cannot fit even
+    one image (loss ≥ (n − d)/n); refuse such configs with a clear error."""
+    if width < token_dim:
+        raise ValueError(
+            f"{what} {width} is smaller than the token dimension {token_dim} (in_channels·patch_size²); "
+            "RAE Sec. 4.1: the denoiser width must be at least the token dimension"
+        )
+
+
+# LightningDiT as RAE trains it (App. F): Gaussian Fourier time embedding, RMSNorm with weight (eps 1e-6, also
+# for the optional QK-norm), SwiGLU, 2-D RoPE plus the fixed sin-cos APE, patch size 1 on DINOv2-B latents.
+LIGHTNINGDIT_OPTIONS: dict = dict(
+    time_embed="fourier", norm="rmsnorm", norm_weight=True, mlp="swiglu", rope=True, pos_embed=True,
+    qk_norm=False, qk_norm_type="rmsnorm", qk_norm_eps=1e-6, class_dropout_prob=0.1,
+)
+
+
+def lightningdit_preset(name: str = "LightningDiT-XL/1", check_width: bool = True, **overrides) -> DiTConfig:
+    """RAE's LightningDiT backbone ("LightningDiT-S|B|L|XL/p", Table 13 sizes = DiT Table 1) on the
+    DINOv2-B 768 × 16 × 16 latent by default; ``overrides`` replace any field (e.g. ``input_size=32`` at 512 px).
+
+    ``check_width`` enforces RAE Sec. 4.1: hidden_size ≥ in_channels·patch_size² (ValueError otherwise).
+    """
+    family, _, size_patch = name.partition("-")
+    size, _, patch = size_patch.partition("/")
+    if family != "LightningDiT" or size not in DIT_SIZES or not patch.isdigit():
+        raise ValueError(f"unknown preset {name!r}; expected e.g. 'LightningDiT-XL/1' with size in {sorted(DIT_SIZES)}")
+    depth, hidden, heads = DIT_SIZES[size]
+    cfg = DiTConfig(input_size=16, in_channels=768, patch_size=int(patch), depth=depth, hidden_size=hidden,
+                    num_heads=heads, **LIGHTNINGDIT_OPTIONS)
+    cfg = replace(cfg, **overrides)
+    if check_width:
+        check_token_width(cfg.hidden_size, cfg.in_channels * cfg.patch_size**2)
+    return cfg
+
+
+def make_time_embedder(kind: TimeEmbedKind, dim: int) -> nn.Module:
+    """t (B,) → (B, dim): DiT's sinusoidal MLP (SiT, SR-DiT) or the Gaussian Fourier MLP (RAE App. F)."""
+    if kind == "fourier":
+        return FourierTimestepEmbedder(dim)
+    if kind != "sinusoidal":
+        raise ValueError(f"time_embed must be 'sinusoidal' or 'fourier', got {kind!r}")
+    return TimestepEmbedder(dim)
+
+
+def make_norm(kind: NormKind, dim: int, weight: bool = False) -> nn.Module:
+    """The pre-norm of blocks and final layer, eps 1e-6: weightless (DiT LayerNorm; SR-DiT RMSNorm) or,
+    with ``weight``, RMSNorm with a learnable weight (LightningDiT / RAE; LayerNorm stays weightless)."""
     if kind == "layernorm":
         return nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-    return RMSNorm(dim, eps=1e-6, affine=False)
+    return RMSNorm(dim, eps=1e-6, affine=weight)
+
+
+def _gate(gate: Tensor, h: Tensor) -> Tensor:
+    """g·h with a per-sample gate (B, D) broadcast over tokens, or a per-token gate (B, N, D) as is."""
+    return (gate if gate.dim() == h.dim() else gate.unsqueeze(1)) * h
 
 
 class DiTBlock(nn.Module):
@@ -127,17 +230,18 @@ class DiTBlock(nn.Module):
     def __init__(self, cfg: DiTConfig, index: int) -> None:
         super().__init__()
         dim = cfg.hidden_size
-        self.norm1 = make_norm(cfg.norm, dim)
+        self.norm1 = make_norm(cfg.norm, dim, cfg.norm_weight)
         self.attn = Attention(
             dim, cfg.num_heads, qkv_bias=True, qk_norm=cfg.qk_norm,
+            qk_norm_eps=cfg.qk_norm_eps, qk_norm_type=cfg.qk_norm_type,
             # block 0 produces v1; only later blocks mix it in (SR-DiT value residual)
             value_residual=cfg.value_residual and index > 0,
         )
-        self.norm2 = make_norm(cfg.norm, dim)
+        self.norm2 = make_norm(cfg.norm, dim, cfg.norm_weight)
         if cfg.mlp == "gelu":
             self.mlp: nn.Module = Mlp(dim, int(dim * cfg.mlp_ratio))
         else:
-            self.mlp = SwiGLU(dim, swiglu_hidden_dim(dim, cfg.mlp_ratio))
+            self.mlp = SwiGLU(dim, swiglu_hidden_dim(dim, cfg.mlp_ratio, cfg.swiglu_multiple_of))
         if cfg.modulation == "adaln":
             self.adaLN_modulation: nn.Module = AdaLNModulation(dim, dim, num_chunks=6)
         else:
@@ -146,11 +250,12 @@ class DiTBlock(nn.Module):
     def forward(
         self, x: Tensor, cond: Tensor, rope: RoPE2D | None = None, pos_ids: Tensor | None = None, v1: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """``cond`` is c (B, D) for per-block adaLN or the global modulation (B, 6D); returns (x, raw v)."""
+        """``cond`` is c (B, D) for per-block adaLN, per token (B, N, D) (RAE DDT head), or the global
+        modulation (B, 6D); returns (x, raw v)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(cond)
         h, v = self.attn(modulate(self.norm1(x), shift1, scale1), rope=rope, pos_ids=pos_ids, v1=v1)
-        x = x + gate1.unsqueeze(1) * h
-        x = x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = x + _gate(gate1, h)
+        x = x + _gate(gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
         return x, v
 
 
@@ -161,9 +266,11 @@ class FinalLayer(nn.Module):
     head: cls velocity); ``forward`` then returns (patch outputs, cls output).
     """
 
-    def __init__(self, dim: int, out_features: int, norm: NormKind, cls_out_features: int = 0) -> None:
+    def __init__(
+        self, dim: int, out_features: int, norm: NormKind, cls_out_features: int = 0, norm_weight: bool = False
+    ) -> None:
         super().__init__()
-        self.norm_final = make_norm(norm, dim)
+        self.norm_final = make_norm(norm, dim, norm_weight)
         self.adaLN_modulation = AdaLNModulation(dim, dim, num_chunks=2)
         self.linear = nn.Linear(dim, out_features)
         self.linear_cls = nn.Linear(dim, cls_out_features) if cls_out_features else None
@@ -208,7 +315,7 @@ class DiT(nn.Module):
         self.cfg = cfg
         dim = cfg.hidden_size
         self.x_embedder = PatchEmbed(cfg.in_channels, dim, cfg.patch_size)
-        self.t_embedder = TimestepEmbedder(dim)
+        self.t_embedder = make_time_embedder(cfg.time_embed, dim)
         self.y_embedder = LabelEmbedder(cfg.num_classes, dim, cfg.class_dropout_prob)
         if cfg.cls_token_dim:
             # REG (SR-DiT README "Network"): noisy DINOv2 CLS → Linear → RMSNorm with weight; official names
@@ -222,7 +329,9 @@ class DiT(nn.Module):
         self.global_modulation = GlobalModulation(dim, dim, num_chunks=6) if cfg.modulation == "global" else None
         self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.depth))
         self.projectors = nn.ModuleList(repa_projector(dim, cfg.projector_dim, z) for z in cfg.z_dims)
-        self.final_layer = FinalLayer(dim, cfg.patch_size**2 * cfg.in_channels, cfg.norm, cfg.cls_token_dim)
+        self.final_layer = FinalLayer(
+            dim, cfg.patch_size**2 * cfg.out_channels, cfg.norm, cfg.cls_token_dim, norm_weight=cfg.norm_weight
+        )
         self.initialize_weights()
 
     @property
@@ -308,7 +417,9 @@ class DiT(nn.Module):
         cfg = self.cfg
         out = self.final_layer(tokens, c)
         out, cls_velocity = out if isinstance(out, tuple) else (out, None)
-        velocity = unpatchify(out, cfg.patch_size, cfg.in_channels, height, width)
+        velocity = unpatchify(out, cfg.patch_size, cfg.out_channels, height, width)
+        if cfg.learn_sigma:  # LightningDiT: the σ half is computed but discarded
+            velocity = velocity[:, : cfg.in_channels]
         if not self.returns_tuple:
             return velocity
         zs = [proj(repa_in) for proj in self.projectors] if repa_in is not None else []
@@ -347,11 +458,15 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def official_parameter_count(net: DiT) -> int:
-    """Parameters as the official DiT/SiT/SR-DiT code counts them: its frozen sin-cos ``pos_embed`` is an
-    ``nn.Parameter`` there (a buffer here), RoPE tables are buffers in both."""
-    pos = net.pos_embed.numel() if net.cfg.pos_embed else 0
-    return count_parameters(net) + pos
+# buffers here that the official codes hold as frozen nn.Parameters (RAE: also the Fourier W)
+OFFICIAL_FROZEN_PARAMETERS = ("pos_embed", "t_embedder.W")
+
+
+def official_parameter_count(net: nn.Module) -> int:
+    """Parameters as the official DiT/SiT/SR-DiT/RAE code counts them: its frozen sin-cos ``pos_embed`` (and
+    RAE's Fourier ``t_embedder.W``) are ``nn.Parameter``s there (buffers here); RoPE tables are buffers in both."""
+    frozen = sum(b.numel() for name, b in net.named_buffers() if name in OFFICIAL_FROZEN_PARAMETERS)
+    return count_parameters(net) + frozen
 
 
 __all__ = [
@@ -361,9 +476,16 @@ __all__ = [
     "DiTOutput",
     "DIT_SIZES",
     "FinalLayer",
+    "LIGHTNINGDIT_OPTIONS",
+    "OFFICIAL_FROZEN_PARAMETERS",
+    "check_token_width",
     "count_parameters",
     "dit_preset",
+    "lightningdit_preset",
     "make_norm",
+    "make_time_embedder",
     "official_parameter_count",
+    "REFINED_DIT_SIZES",
+    "refined_dit_preset",
     "repa_projector",
 ]
