@@ -45,12 +45,16 @@ class INVAEConfig:
 
 
 class DiagonalGaussian:
-    """Posterior N(mean, exp(logvar)) from the moments [mean; logvar] (LDM ``DiagonalGaussianDistribution``)."""
+    """Posterior N(mean, exp(logvar)) from the moments [mean; logvar] (LDM ``DiagonalGaussianDistribution``).
 
-    def __init__(self, moments: Tensor) -> None:
+    ``logvar_range`` is the LDM clamp (−30, 20); SpeedDiff's ViT-VAE passes a wider one (its Tab. 11
+    reports mean log-variances down to −123).
+    """
+
+    def __init__(self, moments: Tensor, logvar_range: tuple[float, float] = (-30.0, 20.0)) -> None:
         self.moments = moments
         self.mean, logvar = moments.chunk(2, dim=1)
-        self.logvar = logvar.clamp(-30.0, 20.0)  # official clamp keeps exp() finite
+        self.logvar = logvar.clamp(*logvar_range)  # official clamp keeps exp() finite
         self.std = torch.exp(0.5 * self.logvar)
         self.var = torch.exp(self.logvar)
 
