@@ -9,8 +9,13 @@ mismatches. ``load_official_checkpoint(path, kind)`` reads an official file (a t
 One module per official code base registers its kinds with ``@register_official("<recipe>.<network>")``:
 
 * ``srdit.sit``, ``srdit.invae`` — ``checkpoints/srdit.py``
+* ``rae.discriminator``, ``rae.lpips`` — ``checkpoints/rae_stage1_gan.py``
+* ``rae.decoder``, ``rae.encoder.{dinov2,siglip2,mae}``, ``rae.rae`` — ``checkpoints/rae_stage1.py``
+* ``rae.ditdh``, ``rae.lightningdit`` — ``checkpoints/rae_stage2.py``
 """
-from lightning_modules.checkpoints import srdit
+from lightning_modules.checkpoints import rae_stage1, srdit
+from lightning_modules.checkpoints import rae_stage1_gan
+from lightning_modules.checkpoints import rae_stage2
 from lightning_modules.checkpoints.loading import load_official_checkpoint
 from lightning_modules.checkpoints.registry import (
     OFFICIAL_IMPORTERS,
@@ -28,6 +33,7 @@ __all__ = [
     "import_official",
     "load_official_checkpoint",
     "load_strict",
+    "rae_stage1_gan",
     "register_official",
     "srdit",
     "srdit_config_from_args",

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from lightning_modules.checkpoints.registry import CONFIG_FROM_FILE, import_official
+from lightning_modules.checkpoints.safe_load import safe_torch_load
 
 
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with ``argparse.Namespace`` allow-listed (official ``args`` entry)."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    return safe_torch_load(path, allowed=[argparse.Namespace])
 
 
 def load_official_checkpoint(
@@ -26,6 +26,8 @@ def load_official_checkpoint(
     ``.safetensors`` file. Loads with ``weights_only=True``; pass ``config`` when the file has no ``args``.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"official {kind} checkpoint {path} not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -18,6 +18,7 @@ from lightning_modules.diffusion.samplers import (
     euler_ode_sample,
     flow_time_grid,
 )
+from lightning_modules.diffusion.rae_flow import RAETransport, rae_sample, rae_shift, rae_time_grid
 from lightning_modules.diffusion.state import State, pack_state, state_parts
 from lightning_modules.diffusion.vp import (
     LogSNRSchedule,
@@ -35,6 +36,10 @@ from lightning_modules.diffusion.vp import (
 
 __all__ = [
     "GuidedDenoiser",
+    "RAETransport",
+    "rae_sample",
+    "rae_shift",
+    "rae_time_grid",
     "LogSNRSchedule",
     "State",
     "TimeSampler",
