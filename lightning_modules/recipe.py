@@ -28,7 +28,7 @@ import logging
 import math
 import random
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -39,6 +39,15 @@ LRSchedule = Literal["constant", "cosine"]
 NonFinitePolicy = Literal["skip", "raise"]
 
 log = logging.getLogger(__name__)
+
+
+class AutoGuide(NamedTuple):
+    """A frozen guide network for autoguidance (Karras et al. 2024; RAE Sec. 5, SpeedDiff A.3.1):
+    D = D_guide + scale·(D_main − D_guide) where t lies in ``interval`` (None: everywhere)."""
+
+    net: nn.Module
+    scale: float
+    interval: tuple[float, float] | None = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -132,6 +141,8 @@ class DiffusionRecipe(L.LightningModule):
         self.fsdp_param_dtype = fsdp_param_dtype
         self.tokenizer: nn.Module | None = None  # frozen encode/decode pair of latent recipes (DESIGN contract)
         self.latent_scale = 1.0
+        # kept outside the module tree: the guide is neither trained, sharded nor saved with the recipe
+        object.__setattr__(self, "_autoguide", None)
 
     @property
     def num_classes(self) -> int:
@@ -276,6 +287,21 @@ class DiffusionRecipe(L.LightningModule):
             self._pending_rng = None
 
     # ---------------------------------------------------------------- sampling surface
+    @property
+    def autoguide(self) -> AutoGuide | None:
+        """The guide ``sample()`` uses instead of CFG, set by ``callbacks.AutoGuidance`` (None: CFG as configured)."""
+        return self._autoguide
+
+    def set_autoguide(self, net: nn.Module | None, scale: float = 1.0,
+                      interval: tuple[float, float] | None = None) -> None:
+        """Make ``sample()`` autoguide with the frozen ``net`` (same call signature as ``self.net``); None clears."""
+        if net is None:
+            object.__setattr__(self, "_autoguide", None)
+            return
+        net.requires_grad_(False).eval()
+        guide = AutoGuide(net, float(scale), None if interval is None else (float(interval[0]), float(interval[1])))
+        object.__setattr__(self, "_autoguide", guide)
+
     @torch.no_grad()
     def sample(self, labels: Tensor, **kwargs: Any) -> Tensor:
         """Images in [-1, 1], NCHW, for int64 ``labels`` (``num_classes`` = unconditional)."""

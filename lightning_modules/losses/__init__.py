@@ -11,6 +11,7 @@ from lightning_modules.losses.rae_transport import TransportLoss, rae_transport_
 from lightning_modules.losses.diffaug import DiffAug
 from lightning_modules.losses.gan import (
     AdaptiveWeight,
+    GANPhase,
     LeCamRegularizer,
     adaptive_weight,
     disc_accuracy,
@@ -25,6 +26,7 @@ from lightning_modules.losses.lpips import LPIPS, ConvFeatures
 
 __all__ = [
     "AdaptiveWeight",
+    "GANPhase",
     "ConvFeatures",
     "DiffAug",
     "LPIPS",

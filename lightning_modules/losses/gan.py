@@ -11,6 +11,7 @@ Every reduction is over *all* logits (batch × patches × heads), as the officia
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
@@ -158,8 +159,24 @@ class LeCamRegularizer(nn.Module):
         return f"decay={self.decay}, zero_debias={self.zero_debias}"
 
 
+@dataclass
+class GANPhase:
+    """Which terms of a tokenizer loss are switched on (RAE App. E: LPIPS from epoch 0, discriminator
+    from epoch 6, adversarial generator loss from epoch 8; SpeedDiff A.2.2: everything from step 0).
+
+    A recipe owns one as ``self.gan_phase`` and reads it in its training step; ``callbacks.GANWarmup``
+    flips the flags at the configured epochs/steps. All on by default, so a recipe without the
+    callback trains the full loss.
+    """
+
+    lpips: bool = True
+    disc: bool = True
+    adversarial: bool = True
+
+
 __all__ = [
     "AdaptiveWeight",
+    "GANPhase",
     "D_LOSSES",
     "G_LOSSES",
     "LeCamRegularizer",
