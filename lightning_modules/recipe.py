@@ -18,8 +18,10 @@ Fault tolerance (README "Fault tolerance"):
   :class:`NonFiniteLossError` naming the term(s) and the step. The decision is reduced over ranks
   (any rank non-finite → every rank skips), so ranks never disagree on a step.
 * Checkpoints carry the recipe's class (``checkpoint["recipe"]``), the skip counter and the RNG
-  states (torch CPU / CUDA, numpy, random), restored when training starts so a resumed run draws
-  the same noise as an uninterrupted one. Loading a checkpoint of another recipe, or of a network
+  states (torch CPU / CUDA, numpy, random; under data parallelism every rank's, since a sharded
+  checkpoint keeps one copy of non-tensor entries), restored when training starts so a resumed run
+  draws the same noise as an uninterrupted one. A fresh multi-rank run gives every data-parallel rank
+  its own torch stream (:func:`decorrelate_rank_rng`). Loading a checkpoint of another recipe, or of a network
   with other keys or shapes, raises :class:`CheckpointMismatchError` naming the file.
 """
 from __future__ import annotations
@@ -87,6 +89,17 @@ def restore_rng_states(states: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def decorrelate_rank_rng(rank: int) -> None:
+    """Give data-parallel rank ``rank`` > 0 its own torch stream (CPU and CUDA), derived from the seed.
+
+    ``seed_everything`` (and Lightning's re-seeding at process-group set-up) gives every rank the same
+    seed: without this each rank would draw the same noise and t for its shard of the global batch,
+    shrinking the effective noise batch by the number of ranks. Rank 0 keeps its stream, so a
+    single-process run is unchanged."""
+    if rank > 0:
+        torch.manual_seed((torch.initial_seed() + 1_000_003 * rank) % 2**63)
+
+
 def warmup_schedule_factor(
     step: int, warmup_steps: int, total_steps: int | None, schedule: LRSchedule, min_lr_ratio: float
 ) -> float:
@@ -111,6 +124,8 @@ class DiffusionRecipe(L.LightningModule):
     """
 
     net: nn.Module
+    # init args that read weight files (e.g. SiD2 ``init_from``): left at their defaults by ``net_from_hparams``
+    weight_loading_args: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -273,6 +288,11 @@ class DiffusionRecipe(L.LightningModule):
         checkpoint["recipe"] = self.recipe_name()
         checkpoint["nonfinite_steps"] = self.nonfinite_steps
         checkpoint["rng_states"] = capture_rng_states()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # a sharded checkpoint keeps rank 0's copy of the non-tensor entries: store every rank's streams
+            states: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(states, checkpoint["rng_states"])
+            checkpoint["rng_states_per_rank"] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         source = self._trainer.ckpt_path if self._trainer is not None else None
@@ -280,11 +300,23 @@ class DiffusionRecipe(L.LightningModule):
         self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
         # applied when training starts: loaders and sanity checks between load and the first step draw nothing
         self._pending_rng = checkpoint.get("rng_states")
+        per_rank = checkpoint.get("rng_states_per_rank")
+        if per_rank and self._trainer is not None and len(per_rank) == self.trainer.world_size:
+            self._pending_rng = per_rank[self.global_rank]
 
     def on_train_start(self) -> None:
         if self._pending_rng is not None:
             restore_rng_states(self._pending_rng)
             self._pending_rng = None
+        elif self._trainer is not None and self.trainer.world_size > 1:
+            decorrelate_rank_rng(self.data_parallel_rank())
+
+    def data_parallel_rank(self) -> int:
+        """This process's index among the data-parallel replicas (tensor-parallel peers share it)."""
+        mesh = self.device_mesh
+        if mesh is not None and mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names:
+            return mesh["data_parallel"].get_local_rank()
+        return self.global_rank
 
     # ---------------------------------------------------------------- sampling surface
     @property
@@ -301,6 +333,17 @@ class DiffusionRecipe(L.LightningModule):
         net.requires_grad_(False).eval()
         guide = AutoGuide(net, float(scale), None if interval is None else (float(interval[0]), float(interval[1])))
         object.__setattr__(self, "_autoguide", guide)
+
+    @classmethod
+    def net_from_hparams(cls, hparams: Mapping[str, Any]) -> nn.Module:
+        """The (randomly initialised) ``net`` this recipe builds from a checkpoint's ``hyper_parameters``: the
+        autoguidance guide of ``callbacks.AutoGuidance``. Keys the constructor does not take (``_class_path``, ...)
+        and ``weight_loading_args`` are dropped; a recipe whose constructor builds costly frozen modules overrides it."""
+        import inspect
+
+        accepted = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in hparams.items() if k in accepted and k not in cls.weight_loading_args}
+        return cls(**kwargs).net
 
     @torch.no_grad()
     def sample(self, labels: Tensor, **kwargs: Any) -> Tensor:
@@ -331,26 +374,75 @@ class DiffusionRecipe(L.LightningModule):
 
     # ---------------------------------------------------------------- sharding
     def shard_units(self) -> list[nn.Module]:
-        """Modules wrapped by their own ``fully_shard`` (one FSDP unit per transformer block)."""
+        """Modules wrapped by their own ``fully_shard``: one FSDP unit per transformer block of ``net.blocks``
+        (SPRINT's sparse blocks included) and of a block-structured ``net.head`` (the DDT head of DiT^DH)."""
         blocks = getattr(self.net, "blocks", None)
-        return list(blocks) if blocks is not None else []
+        units = list(blocks) if blocks is not None else []
+        head = self.net._modules.get("head")  # a submodule, not DiT's head() method
+        if head is not None and isinstance(getattr(head, "blocks", None), nn.ModuleList):
+            units += list(head.blocks)
+        return units
+
+    def shard_roots(self) -> list[nn.Module]:
+        """Modules ``fully_shard``-ed as a whole after their ``shard_units``: every trained parameter must lie in
+        one of them (the denoiser here; SpeedDiff adds its VAE, adapters and discriminator)."""
+        return [self.net]
 
     def configure_model(self) -> None:
-        """FSDP2: ``fully_shard`` each block, then the denoiser, on the data-parallel mesh (ModelParallelStrategy)."""
+        """FSDP2: ``fully_shard`` each block, then each root (the denoiser), on the data-parallel mesh
+        (ModelParallelStrategy).
+
+        ``frozen_modules`` (tokenizers, DINOv2 / representation targets) stay replicated: they hold no
+        gradients or optimizer state, so sharding would save only their weights while adding an all-gather
+        to every forward (README "Scaling out"). A trainable parameter outside ``shard_roots`` would not be
+        sharded, hence never averaged over ranks: it is refused with an error.
+        """
         mesh = self.device_mesh
         if mesh is None:
             return
         from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-        if isinstance(self.net, FSDPModule):  # configure_model runs again for validate/test after fit
+        roots = self.shard_roots()
+        if isinstance(roots[0], FSDPModule):  # configure_model runs again for validate/test after fit
             return
+        in_roots = {id(p) for root in roots for p in root.parameters()}
+        trained = {id(p) for p in self.trainable_parameters()}
+        stray = [n for n, p in self.named_parameters() if id(p) in trained and id(p) not in in_roots]
+        if stray:
+            raise ValueError(f"{type(self).__name__}.configure_model shards only {self.shard_roots_names()}, but "
+                             f"{stray[:3]} are trained too: add their module to shard_roots() (they would diverge "
+                             "across ranks)")
         dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
         param_dtype = getattr(torch, self.fsdp_param_dtype) if self.fsdp_param_dtype else None
         # compute in bf16 if asked, but always reduce gradients in fp32
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         for unit in self.shard_units():
             fully_shard(unit, mesh=dp_mesh, mp_policy=policy)
-        fully_shard(self.net, mesh=dp_mesh, mp_policy=policy)
+        for root in roots:
+            fully_shard(root, mesh=dp_mesh, mp_policy=policy)
+
+    def shard_roots_names(self) -> list[str]:
+        names = {id(m): n for n, m in self.named_modules()}
+        return [names.get(id(m), type(m).__name__) for m in self.shard_roots()]
+
+    # ---------------------------------------------------------------- manual optimisation (GAN recipes)
+    def manual_optimizer_step(self, optimizer: Any, loss: Tensor | None, count: bool = True,
+                              grad_clip: float | None = None) -> None:
+        """Backward, clip (norm ``grad_clip``) and step one optimizer under manual optimisation.
+
+        ``loss=None`` steps without gradients (a skipped update: Adam leaves parameters without a gradient
+        untouched). ``count=False`` keeps the step out of ``trainer.global_step`` (a discriminator's update)."""
+        optimizer.zero_grad(set_to_none=True)
+        if loss is not None:
+            self.manual_backward(loss)
+            if grad_clip is not None:
+                self.clip_gradients(optimizer, gradient_clip_val=grad_clip, gradient_clip_algorithm="norm")
+        if count:
+            optimizer.step()
+        else:
+            from lightning.pytorch.core.optimizer import do_nothing_closure
+
+            self.trainer.strategy.optimizer_step(optimizer.optimizer, do_nothing_closure)
 
 
 def check_checkpoint_matches(recipe: DiffusionRecipe, checkpoint: Mapping[str, Any], source: Any = None) -> None:
@@ -372,7 +464,8 @@ def check_checkpoint_matches(recipe: DiffusionRecipe, checkpoint: Mapping[str, A
     missing = sorted(set(ours) - set(state)) if strict else []
     unexpected = sorted(set(state) - set(ours)) if strict else []
     shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(ours[k].shape)}"
-                    for k in set(ours) & set(state) if torch.is_tensor(state[k]) and state[k].shape != ours[k].shape)
+                    for k in set(ours) & set(state) if torch.is_tensor(state[k]) and state[k].shape != ours[k].shape
+                    and not state[k].numel() == ours[k].numel() == 1)  # a scalar saved 0-dim loads (Attention)
     if missing or unexpected or shapes:
         parts = [f"{name} ({len(items)}): {', '.join(items[:4])}{', ...' if len(items) > 4 else ''}"
                  for name, items in (("missing keys", missing), ("unexpected keys", unexpected),

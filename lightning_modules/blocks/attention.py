@@ -51,11 +51,18 @@ class Attention(nn.Module):
         self.q_norm = _qk_norm(qk_norm_type, self.head_dim, qk_norm_eps) if qk_norm else nn.Identity()
         self.k_norm = _qk_norm(qk_norm_type, self.head_dim, qk_norm_eps) if qk_norm else nn.Identity()
         if value_residual:
-            # 0-dim scalar like the official `v1_lambda`, so state dicts load as is
-            self.v1_lambda = nn.Parameter(torch.tensor(0.5))
+            # one-element vector, not the official 0-dim scalar: FSDP2 cannot shard 0-dim parameters;
+            # official (and older) state dicts still load (_load_from_state_dict)
+            self.v1_lambda = nn.Parameter(torch.full((1,), 0.5))
         else:
             self.register_parameter("v1_lambda", None)
         self.proj = nn.Linear(dim, dim)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        key = prefix + "v1_lambda"
+        if self.v1_lambda is not None and key in state_dict and state_dict[key].ndim == 0:
+            state_dict[key] = state_dict[key].reshape(1)  # the official scalar
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
         self,

@@ -66,7 +66,7 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], renames: Ma
     shapes = sorted(
         f"{k}: official {tuple(sd[k].shape)} vs ours {tuple(ours[k].shape)}"
         for k in set(sd) & set(ours)
-        if sd[k].shape != ours[k].shape
+        if sd[k].shape != ours[k].shape and not sd[k].numel() == ours[k].numel() == 1  # 0-dim vs (1,): Attention
     )
     if missing or unexpected or shapes:
         parts = [f"{name} ({len(items)}): {', '.join(items)}" for name, items in

@@ -43,7 +43,9 @@ def test_attention_equals_hand_written_softmax(qk_norm: bool):
 
 def test_value_residual_mixes_v1():
     attn = Attention(16, 2, value_residual=True)
-    assert attn.v1_lambda.shape == () and attn.v1_lambda.item() == 0.5
+    # one element (FSDP2 cannot shard 0-dim parameters); the official 0-dim scalar still loads
+    assert attn.v1_lambda.shape == (1,) and attn.v1_lambda.item() == 0.5
+    attn.load_state_dict({**attn.state_dict(), "v1_lambda": torch.tensor(0.5)})
     x, v1 = torch.randn(2, 5, 16), torch.randn(2, 2, 5, 8)
     plain, v_raw = attn(x)
     with torch.no_grad():

@@ -1,0 +1,152 @@
+"""Launched by test_sharded_recipes.py, once per recipe: ``python sharded_recipes_run.py OUT CONFIG [CLI overrides]``.
+
+The recipe and its data come from CONFIG (a configs/<recipe>/tiny_cpu.yaml) through the project's CLI parser,
+shrunk by the overrides; fp32, deterministic. Three fits, results saved to OUT by rank 0:
+
+1. ``reference``: one process, global batch 2·b, each step's loss the mean of the two half batches that the two
+   ranks would see, each half drawing its noise from the torch stream that rank would have (emulated);
+2. ``sharded``: FSDP2 (ModelParallelStrategy, gloo) on 2 processes, per-device batch b, EMA, a sharded
+   (distributed checkpoint) save every ``SAVE_AT`` steps;
+3. ``resumed``: 2 processes again, resumed from the step-``SAVE_AT`` checkpoint to the same end.
+
+Lightning's launcher re-runs this script for rank 1 (LOCAL_RANK set), which skips the single-process part.
+No tests here.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from callbacks.checkpointing import AtomicModelCheckpoint  # noqa: E402
+from callbacks.ema import EMA  # noqa: E402
+from lightning_modules.cli import build_cli  # noqa: E402
+from lightning_modules.recipe import decorrelate_rank_rng  # noqa: E402
+from tests.callbacks.toy_recipe import full_parameters  # noqa: E402
+
+STEPS, SAVE_AT, WORLD, SEED, EMA_DECAY = 4, 2, 2, 1234, 0.9
+BATCH = 4  # per device; the reference's global batch is WORLD × BATCH
+
+
+def build(config: str, overrides: list[str], batch_size: int, root: Path) -> tuple[L.LightningModule, Any, float]:
+    """Recipe, datamodule and the config's gradient clipping value, through the CLI parser (seeded by the config)."""
+    args = ["--config", config, *overrides, f"--data.init_args.batch_size={batch_size}", "--trainer.logger=false",
+            f"--trainer.default_root_dir={root}"]
+    cli = build_cli(args, run=False)
+    return cli.model, cli.datamodule, cli.trainer.gradient_clip_val
+
+
+class Record(L.Callback):
+    """Per-step loss and batch labels of this rank; a fixed torch stream at the start of a fresh fit (the recipe's
+    own ``on_train_start`` runs after this and gives rank 1 its own stream)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.labels: list[list[int]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            torch.manual_seed(SEED)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+        self.labels.append(batch["label"].tolist())
+
+
+class EmulateRanks(L.Callback):
+    """Single process: split each global batch as the ranks would (rank r takes items r, r + W, …) and compute
+    each half with the torch stream rank r would have; the step's loss is the mean (= FSDP's gradient average)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        states = []
+        for rank in range(WORLD):
+            torch.manual_seed(SEED)
+            decorrelate_rank_rng(rank)
+            states.append(torch.get_rng_state())
+
+        current, shared = [0], {}
+        path_drop = getattr(pl_module, "_path_drop", None)
+        if path_drop is not None:  # SR-DiT: every rank draws, rank 0's decision is broadcast to all
+            def broadcast_path_drop(generator=None):
+                mine = path_drop(generator)
+                if current[0] == 0:
+                    shared["decision"] = mine
+                return shared["decision"]
+
+            pl_module._path_drop = broadcast_path_drop
+
+        def training_step(batch: dict, batch_idx: int) -> torch.Tensor:
+            total = 0.0
+            for rank in range(WORLD):
+                current[0] = rank
+                torch.set_rng_state(states[rank])
+                half = {k: v[rank::WORLD] if torch.is_tensor(v) else v for k, v in batch.items()}
+                total = total + pl_module.compute_losses(half)["loss"]
+                states[rank] = torch.get_rng_state()
+            return total / WORLD
+
+        pl_module.training_step = training_step
+
+
+def fit(module: L.LightningModule, data: Any, clip: float, world: int, callbacks: list, root: Path,
+        ckpt_path: str | None = None) -> None:
+    strategy = ModelParallelStrategy(data_parallel_size=world, tensor_parallel_size=1) if world > 1 else "auto"
+    trainer = L.Trainer(accelerator="cpu", devices=world, strategy=strategy, max_steps=STEPS, precision="32-true",
+                        gradient_clip_val=clip, deterministic=True, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=any(
+                            isinstance(c, AtomicModelCheckpoint) for c in callbacks),
+                        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root, callbacks=callbacks)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+
+
+def summary(module: L.LightningModule, record: Record, ema: EMA | None, world: int) -> dict[str, Any]:
+    """Every rank's losses and labels, full (gathered) final weights and EMA; collective under sharding."""
+    losses, labels = [record.losses], [record.labels]
+    if world > 1:
+        losses, labels = [None] * world, [None] * world
+        torch.distributed.all_gather_object(losses, record.losses)
+        torch.distributed.all_gather_object(labels, record.labels)
+    return {"losses": losses, "labels": labels, "params": full_parameters(module.net),
+            "ema": ema.full_state(module) if ema is not None else None,
+            "param_type": type(next(module.net.parameters())).__name__}
+
+
+def main(out: str, config: str, overrides: list[str]) -> None:
+    torch.set_num_threads(1)
+    root = Path(out).parent / "run"
+    result: dict[str, Any] = {}
+    if "LOCAL_RANK" not in os.environ:  # the launching process, before the launcher starts rank 1
+        module, data, clip = build(config, overrides, 2 * BATCH, root)
+        record = Record()
+        fit(module, data, clip, 1, [record, EmulateRanks()], root)
+        result["reference"] = summary(module, record, None, 1)
+        result["clip"] = clip
+
+    module, data, clip = build(config, overrides, BATCH, root)
+    record, ema = Record(), EMA(decay=EMA_DECAY)
+    saver = AtomicModelCheckpoint(dirpath=root / "ckpt", filename="{step}", every_n_train_steps=SAVE_AT,
+                                  save_top_k=-1, save_last=False)
+    fit(module, data, clip, WORLD, [record, ema, saver], root)
+    result["sharded"] = summary(module, record, ema, WORLD)
+    result["checkpoint_is_directory"] = (root / "ckpt" / f"step={SAVE_AT}.ckpt").is_dir()
+
+    module, data, clip = build(config, overrides, BATCH, root)
+    record, ema = Record(), EMA(decay=EMA_DECAY)
+    fit(module, data, clip, WORLD, [record, ema], root, ckpt_path=str(root / "ckpt" / f"step={SAVE_AT}.ckpt"))
+    result["resumed"] = summary(module, record, ema, WORLD)
+    if torch.distributed.get_rank() == 0:
+        torch.save(result, out)
+
+
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])
