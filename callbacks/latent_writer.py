@@ -87,7 +87,7 @@ class LatentWriter(BasePredictionWriter):
             if self.overwrite:
                 for old in [manifest, *self.output_dir.glob("shard-r*.safetensors"),
                             *self.output_dir.glob("manifest.rank*.json")]:
-                    old.unlink()
+                    old.unlink(missing_ok=True)
         trainer.strategy.barrier("latent_writer_start")
         self._buffer, self._buffered, self._shards, self._shapes, self._seen = {}, 0, [], {}, 0
 
