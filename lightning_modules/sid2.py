@@ -67,6 +67,8 @@ class SiD2(DiffusionRecipe):
     fine-tune of Sec. 2.2 (same parameters, the RoPE tables are rebuilt for the new grid).
     """
 
+    weight_loading_args = ("init_from",)
+
     def __init__(
         self,
         preset: PresetName | None = "small",
@@ -170,11 +172,12 @@ class SiD2(DiffusionRecipe):
         return {"loss": terms[self.weighting], **terms, "bias": torch.tensor(bias, device=self.device)}
 
     # ---------------------------------------------------------------- sampling
-    def x_prediction(self, z: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        """x̂(z_t, t, y) = α·z − σ·v̂ on the sampling schedule (v-parameterisation, SiD2 A.4 mean_type = v)."""
+    def x_prediction(self, z: Tensor, t: Tensor, y: Tensor, net: torch.nn.Module | None = None) -> Tensor:
+        """x̂(z_t, t, y) = α·z − σ·v̂ on the sampling schedule (v-parameterisation, SiD2 A.4 mean_type = v);
+        ``net`` (default ``self.net``) is e.g. the autoguidance guide, a U-ViT predicting v from λ as well."""
         logsnr = self.sample_schedule(t.float())
         alpha, sigma = alpha_sigma(logsnr)
-        v = self.net(z, logsnr, y)
+        v = (self.net if net is None else net)(z, logsnr, y)
         return x_from_v(z.float(), v.float(), alpha, sigma)
 
     @torch.no_grad()
@@ -194,6 +197,9 @@ class SiD2(DiffusionRecipe):
 
         ``guidance`` is the paper's g (default: the module's, 1.0); ``cfg_scale`` is the library's
         w = 1 + g and overrides it. ``guidance_interval="auto"`` uses the module's interval.
+        With ``self.autoguide`` set (``callbacks.AutoGuidance``; SiD2 App. A.3 discusses but does not use it) the
+        guide's x̂ replaces the unconditional one, D_guide + w·(D − D_guide) with the guide's w and its log-SNR
+        interval; the CFG arguments are then ignored.
         """
         cfg = self.net.cfg
         labels = labels.to(self.device)
@@ -202,8 +208,14 @@ class SiD2(DiffusionRecipe):
             noise = torch.randn(shape, device=self.device, generator=generator)
         scale = cfg_scale if cfg_scale is not None else 1.0 + (self.guidance if guidance is None else guidance)
         interval = self.guidance_interval if guidance_interval == "auto" else guidance_interval
-        denoiser = GuidedDenoiser(self.x_prediction, scale=scale, null_label=cfg.num_classes, interval=interval,
-                                  interval_on="logsnr", schedule=self.sample_schedule)
+        ag = self.autoguide
+        if ag is not None:  # the guide's v → x̂ exactly as the main net's, so both are the same parameterisation
+            denoiser = GuidedDenoiser(self.x_prediction, scale=ag.scale, interval=ag.interval, interval_on="logsnr",
+                                      schedule=self.sample_schedule,
+                                      guide_fn=lambda z, t, y: self.x_prediction(z, t, y, net=ag.net))
+        else:
+            denoiser = GuidedDenoiser(self.x_prediction, scale=scale, null_label=cfg.num_classes, interval=interval,
+                                      interval_on="logsnr", schedule=self.sample_schedule)
         was_training = self.net.training
         self.net.eval()
         try:

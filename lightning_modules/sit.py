@@ -96,18 +96,26 @@ class SiT(DiffusionRecipe):
         sampler: Literal["ode", "sde"] | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """Class-conditional images in [-1, 1] (SiT sampling: Euler ODE or Euler–Maruyama SDE + CFG)."""
+        """Class-conditional images in [-1, 1] (SiT sampling: Euler ODE or Euler–Maruyama SDE + CFG).
+
+        With ``self.autoguide`` set (``callbacks.AutoGuidance``) the guide network replaces CFG (Karras et al.
+        2024); its interval is on the flow time t the network sees (t = 1 noise) and ``cfg_scale`` is ignored."""
         cfg = self.net.cfg
         labels = labels.to(self.device)
         if noise is None:
             shape = (len(labels), cfg.in_channels, cfg.input_size, cfg.input_size)
             noise = torch.randn(shape, device=self.device, generator=generator)
-        denoiser = GuidedDenoiser(
-            lambda x, t, y: self.net(x, t, y),
-            scale=self.cfg_scale if cfg_scale is None else cfg_scale,
-            null_label=cfg.num_classes,
-            interval=self.cfg_interval,
-        )
+        ag = self.autoguide
+        if ag is not None:  # autoguidance replaces CFG: D_guide + w·(D − D_guide) on an interval of t
+            denoiser = GuidedDenoiser(lambda x, t, y: self.net(x, t, y), scale=ag.scale,
+                                      guide_fn=lambda x, t, y: ag.net(x, t, y), interval=ag.interval)
+        else:
+            denoiser = GuidedDenoiser(
+                lambda x, t, y: self.net(x, t, y),
+                scale=self.cfg_scale if cfg_scale is None else cfg_scale,
+                null_label=cfg.num_classes,
+                interval=self.cfg_interval,
+            )
         steps = num_steps or self.num_sample_steps
         velocity = lambda x, t: denoiser(x, t, labels)  # noqa: E731
         was_training = self.net.training

@@ -63,6 +63,8 @@ class SRDiT(DiffusionRecipe):
     Defaults are the official train.sh settings (AdamW 1e-4 constant, betas (0.9, 0.999), wd 0).
     """
 
+    weight_loading_args = ("tokenizer_weights",)
+
     def __init__(
         self,
         model: str = "SiT-B/1",
@@ -220,7 +222,11 @@ class SRDiT(DiffusionRecipe):
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """Images in [−1, 1] (SR-DiT samplers.py: Euler–Maruyama on (latent, cls), optional CFG / PDG)."""
+        """Images in [−1, 1] (SR-DiT samplers.py: Euler–Maruyama on (latent, cls), optional CFG / PDG).
+
+        With ``self.autoguide`` set (``callbacks.AutoGuidance``; not in the SR-DiT paper) the guide network — an
+        SR-DiT net predicting (v, v_cls) too — replaces CFG / PDG with its scale on both outputs, on its interval
+        of the shifted t the network sees; ``guidance`` / ``guidance_scale`` are then ignored."""
         cfg = self.net.cfg
         labels = labels.to(self.device)
         if noise is None:
@@ -237,8 +243,13 @@ class SRDiT(DiffusionRecipe):
             raise ValueError("path-drop guidance needs the SPRINT network (sprint=True)")
         if mode == "path_drop":
             guide_fn = lambda x, t, y: self.net.velocity(x, t, torch.full_like(y, null), uncond=True)  # noqa: E731
+        interval = self.guidance_interval
+        ag = self.autoguide
+        if ag is not None:  # autoguidance replaces CFG / PDG: the guide's (v, v_cls) with one weight for both
+            scales, interval = (ag.scale, ag.scale), ag.interval
+            guide_fn = lambda x, t, y: ag.net.velocity(x, t, y)  # noqa: E731
         denoiser = GuidedDenoiser(self.net.velocity, scales=scales, guide_fn=guide_fn, null_label=null,
-                                  interval=self.guidance_interval)
+                                  interval=interval)
         was_training = self.net.training
         self.net.eval()
         try:

@@ -119,11 +119,14 @@ class GuidedDenoiser:
         if len(scales) != len(cond) or len(guide) != len(cond):
             raise ValueError(f"{len(scales)} scales / {len(guide)} guide outputs for {len(cond)} outputs")
         out = []
-        for c, g, w in zip(cond, guide, scales):
+        for i, (c, g, w) in enumerate(zip(cond, guide, scales)):
             if w == 1.0:
                 out.append(c)  # exactly the conditional prediction
                 continue
             c_g = c if index is None else c[index]
+            if g.shape != c_g.shape:  # an autoguidance net of another output shape would broadcast silently
+                raise ValueError(f"guide prediction {i} has shape {tuple(g.shape)} but the main network's has "
+                                 f"{tuple(c_g.shape)}: the guide must predict what the main network predicts")
             mixed = g + w * (c_g - g)
             if index is None:
                 out.append(mixed)
