@@ -419,7 +419,12 @@ class DiffusionRecipe(L.LightningModule):
         for unit in self.shard_units():
             fully_shard(unit, mesh=dp_mesh, mp_policy=policy)
         for root in roots:
-            fully_shard(root, mesh=dp_mesh, mp_policy=policy)
+            fully_shard(root, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=self.reshard_root_after_forward(root))
+
+    def reshard_root_after_forward(self, root: nn.Module) -> bool:
+        """False keeps a root's own parameters gathered from its forward until its backward: needed for a root
+        called through methods whose outputs FSDP cannot hook for the backward (SpeedDiff's VAE ``posterior``)."""
+        return True
 
     def shard_roots_names(self) -> list[str]:
         names = {id(m): n for n, m in self.named_modules()}

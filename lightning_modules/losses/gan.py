@@ -117,7 +117,9 @@ class LeCamRegularizer(nn.Module):
     batch means of the detached logits, α ← decay·α + (1 − decay)·mean, then returns R_LC with the updated
     anchors — the order of the LeCam authors' code. With ``zero_debias`` the anchors are the bias-corrected
     averages α/(1 − decay^t) (their TF code), so early anchors are not pulled towards the zero start.
-    In eval mode no update happens. Anchors are local to each rank (logit means are already batch statistics).
+    In eval mode no update happens. Under data parallelism the batch means are averaged over the ranks first
+    (equal per-rank batches: the global batch mean), so every rank holds the same anchors — those of a single
+    process on the global batch — and a checkpoint's copy resumes every rank exactly.
     """
 
     ema_real: Tensor
@@ -137,8 +139,12 @@ class LeCamRegularizer(nn.Module):
     @torch.no_grad()
     def update(self, logits_real: Tensor, logits_fake: Tensor) -> None:
         """α_R, α_F ← decay·α + (1 − decay)·batch mean of the logits."""
-        self.ema_real.lerp_(logits_real.detach().float().mean(), 1.0 - self.decay)
-        self.ema_fake.lerp_(logits_fake.detach().float().mean(), 1.0 - self.decay)
+        means = torch.stack([logits_real.detach().float().mean(), logits_fake.detach().float().mean()])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(means)
+            means /= torch.distributed.get_world_size()
+        self.ema_real.lerp_(means[0], 1.0 - self.decay)
+        self.ema_fake.lerp_(means[1], 1.0 - self.decay)
         self.num_updates += 1
 
     def anchors(self) -> tuple[Tensor, Tensor]:

@@ -282,7 +282,10 @@ class PatchGANDiscriminator(nn.Module):
     doubling up to 8·base, SNConv4×4/1 → LReLU, SNConv4×4/1 → 1 logit per patch.
 
     ``forward(x)``: images (B, C, H, W) in [−1, 1] → logits (B, 1, H', W'). Conv weights start at N(0, 0.02)
-    as in VQGAN; without BatchNorm every conv has a bias.
+    as in VQGAN; without BatchNorm every conv has a bias. Spectral norm is the ``parametrizations`` form: 15
+    power iterations at construction, so σ is already accurate for an eval-mode forward (the generator loss
+    scores fakes with the discriminator in eval mode; the hook form would start from random u, v and give
+    logits in the 1e5s), then one per training forward.
     """
 
     def __init__(self, in_channels: int = 3, base_channels: int = 64, num_layers: int = 3) -> None:
@@ -302,7 +305,7 @@ class PatchGANDiscriminator(nn.Module):
         conv = nn.Conv2d(cin, cout, kernel_size=4, stride=stride, padding=1)
         nn.init.normal_(conv.weight, 0.0, 0.02)
         nn.init.zeros_(conv.bias)
-        return nn.utils.spectral_norm(conv)
+        return nn.utils.parametrizations.spectral_norm(conv)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.main(x)

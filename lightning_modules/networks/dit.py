@@ -149,7 +149,8 @@ def refined_dit_preset(name: str = "Refined-DiT-XL", **overrides) -> DiTConfig:
     21.79 / 79.01 / 167.07 GFLOPs) within 0.15 %; unrounded widths miss L / XL by 2 % / 1.4 %. The final layer
     keeps its own adaLN Linear(D, 2D) (PixArt's table-only final layer would miss Tab. 7's B count by 1.3 %).
     "DiT-XL/1" gives the Tab. 10 baseline on the same latent (675.15 M counting the sin-cos table, as DiT).
-    AutoGuidance's bad model (A.3.1) is an override: half the blocks and heads, e.g. ``depth=13, num_heads=11``.
+    AutoGuidance's bad model (A.3.1) is an override: half the blocks and half the heads at the 64-channel head
+    width of Tab. 14, e.g. XL: ``depth=13, hidden_size=704, num_heads=11`` (configs/speeddiff/bad_model_*).
     """
     latent = {"input_size": 16, "in_channels": 32}
     if name.startswith(("DiT-", "SiT-")):

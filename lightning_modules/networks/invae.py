@@ -185,6 +185,12 @@ class INVAE(nn.Module):
     def scaling_factor(self) -> float:
         return self.cfg.scaling_factor
 
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(embed_dim, H/f, W/f) of a ``cfg.resolution`` image."""
+        side = self.cfg.resolution // self.cfg.downsampling_factor
+        return (self.cfg.embed_dim, side, side)
+
     def posterior(self, images: Tensor) -> DiagonalGaussian:
         """q(z | x) for images in [−1, 1] (official ``encode``)."""
         return DiagonalGaussian(self.quant_conv(self.encoder(images)))

@@ -96,11 +96,12 @@ def vit_vae_preset(name: str = "B", resolution: int = 256, **overrides) -> ViTVA
     size = name.removeprefix("ViT-VAE-")
     if size not in VIT_VAE_SIZES:
         raise ValueError(f"unknown ViT-VAE size {name!r}; expected one of {sorted(VIT_VAE_SIZES)}")
-    if resolution not in VIT_VAE_PATCH:
-        raise ValueError(f"no ViT-VAE patch size for resolution {resolution}; expected one of {sorted(VIT_VAE_PATCH)}")
+    if resolution not in VIT_VAE_PATCH and "patch_size" not in overrides:
+        raise ValueError(f"no ViT-VAE patch size for resolution {resolution}; expected one of {sorted(VIT_VAE_PATCH)} "
+                         "or an explicit patch_size")
     depth, hidden, heads = VIT_VAE_SIZES[size]
     cfg = ViTVAEConfig(
-        image_size=resolution, patch_size=VIT_VAE_PATCH[resolution], hidden_size=hidden,
+        image_size=resolution, patch_size=VIT_VAE_PATCH.get(resolution, 16), hidden_size=hidden,
         encoder_depth=depth, decoder_depth=depth, num_heads=heads,
     )
     return replace(cfg, **overrides)
