@@ -7,6 +7,7 @@ from lightning_modules.rae import RAEStage1, RAEStage2
 from lightning_modules.recipe import DiffusionRecipe
 from lightning_modules.sid2 import SiD2
 from lightning_modules.sit import SiT
+from lightning_modules.speeddiff import SpeedDiff
 from lightning_modules.srdit import SRDiT
 
-__all__ = ["DiffusionRecipe", "LatentEncoder", "RAEStage1", "RAEStage2", "SRDiT", "SiD2", "SiT"]
+__all__ = ["DiffusionRecipe", "LatentEncoder", "RAEStage1", "RAEStage2", "SRDiT", "SiD2", "SiT", "SpeedDiff"]

@@ -83,17 +83,42 @@ class EmulateRanks(L.Callback):
 
             pl_module._path_drop = broadcast_path_drop
 
-        def training_step(batch: dict, batch_idx: int) -> torch.Tensor:
-            total = 0.0
+        def halves_loss(batch: dict) -> tuple[torch.Tensor, list]:
+            total, extras = 0.0, []
             for rank in range(WORLD):
                 current[0] = rank
                 torch.set_rng_state(states[rank])
                 half = {k: v[rank::WORLD] if torch.is_tensor(v) else v for k, v in batch.items()}
                 total = total + pl_module.compute_losses(half)["loss"]
+                extras.append(getattr(pl_module, "_reconstruction", None))
                 states[rank] = torch.get_rng_state()
-            return total / WORLD
+            return total / WORLD, extras
 
-        pl_module.training_step = training_step
+        def training_step(batch: dict, batch_idx: int) -> torch.Tensor:
+            return halves_loss(batch)[0]
+
+        def manual_training_step(batch: dict, batch_idx: int) -> torch.Tensor:
+            """SpeedDiff: the joint step on the mean of the halves' losses, then the discriminator step on the
+            global batch with the halves' reconstructions put back in place (every discriminator term is a mean
+            over equal halves, and LeCam averages the logit means over ranks, so this equals the ranks' step)."""
+            from lightning_modules.losses.speeddiff_loss import speeddiff_discriminator_losses
+
+            optimizers, schedulers = pl_module.optimizers(), pl_module.lr_schedulers()
+            loss, recon = halves_loss(batch)
+            pl_module.manual_optimizer_step(optimizers[0], loss, True, pl_module.grad_clip)
+            schedulers[0].step()
+            if pl_module.gan_phase.disc and pl_module.discriminator is not None:
+                fake = torch.empty_like(batch["image"])
+                for rank in range(WORLD):
+                    fake[rank::WORLD] = recon[rank]
+                pl_module.discriminator.train()
+                d = speeddiff_discriminator_losses(pl_module.discriminator, batch["image"], fake, pl_module.lecam,
+                                                   pl_module.weights.lecam, pl_module.d_loss_fn)
+                pl_module.manual_optimizer_step(optimizers[1], d["d_loss"], False, pl_module.grad_clip)
+                schedulers[1].step()
+            return loss.detach()
+
+        pl_module.training_step = training_step if pl_module.automatic_optimization else manual_training_step
 
 
 def fit(module: L.LightningModule, data: Any, clip: float, world: int, callbacks: list, root: Path,
@@ -114,9 +139,28 @@ def summary(module: L.LightningModule, record: Record, ema: EMA | None, world: i
         losses, labels = [None] * world, [None] * world
         torch.distributed.all_gather_object(losses, record.losses)
         torch.distributed.all_gather_object(labels, record.labels)
-    return {"losses": losses, "labels": labels, "params": full_parameters(module.net),
+    trained = {"net": module.net, **{name: m for name, m in (("tokenizer", module.tokenizer),
+               ("discriminator", getattr(module, "discriminator", None))) if m is not None and any(
+               p.requires_grad for p in m.parameters())}}
+    params = {f"{prefix}.{k}": v for prefix, m in trained.items() for k, v in full_parameters(m).items()}
+    buffers = {f"lecam.{k}": v.detach().clone().float() for k, v in module.lecam.named_buffers()} \
+        if getattr(module, "lecam", None) is not None else {}
+    if world > 1 and buffers:  # every rank must hold the same anchors (a checkpoint keeps one copy)
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, buffers)
+        assert all(all(torch.equal(g[k], buffers[k]) for k in buffers) for g in gathered), "LeCam anchors differ"
+    return {"losses": losses, "labels": labels, "params": {**params, **buffers},
             "ema": ema.full_state(module) if ema is not None else None,
-            "param_type": type(next(module.net.parameters())).__name__}
+            "param_type": type(next(module.net.parameters())).__name__,
+            "gan_phase": [bool(v) for v in vars(module.gan_phase).values()] if hasattr(module, "gan_phase") else None}
+
+
+def gan_warmup(module: L.LightningModule) -> list[L.Callback]:
+    """GAN recipes: LPIPS from step 0, discriminator from step 1, adversarial from step 3 — the phase changes across
+    the resume point, so the resumed run must restore it."""
+    from callbacks.gan_warmup import GANWarmup
+
+    return [GANWarmup(0, 1, 3, unit="step")] if hasattr(module, "gan_phase") else []
 
 
 def main(out: str, config: str, overrides: list[str]) -> None:
@@ -126,7 +170,7 @@ def main(out: str, config: str, overrides: list[str]) -> None:
     if "LOCAL_RANK" not in os.environ:  # the launching process, before the launcher starts rank 1
         module, data, clip = build(config, overrides, 2 * BATCH, root)
         record = Record()
-        fit(module, data, clip, 1, [record, EmulateRanks()], root)
+        fit(module, data, clip, 1, [record, EmulateRanks(), *gan_warmup(module)], root)
         result["reference"] = summary(module, record, None, 1)
         result["clip"] = clip
 
@@ -134,13 +178,14 @@ def main(out: str, config: str, overrides: list[str]) -> None:
     record, ema = Record(), EMA(decay=EMA_DECAY)
     saver = AtomicModelCheckpoint(dirpath=root / "ckpt", filename="{step}", every_n_train_steps=SAVE_AT,
                                   save_top_k=-1, save_last=False)
-    fit(module, data, clip, WORLD, [record, ema, saver], root)
+    fit(module, data, clip, WORLD, [record, ema, saver, *gan_warmup(module)], root)
     result["sharded"] = summary(module, record, ema, WORLD)
     result["checkpoint_is_directory"] = (root / "ckpt" / f"step={SAVE_AT}.ckpt").is_dir()
 
     module, data, clip = build(config, overrides, BATCH, root)
     record, ema = Record(), EMA(decay=EMA_DECAY)
-    fit(module, data, clip, WORLD, [record, ema], root, ckpt_path=str(root / "ckpt" / f"step={SAVE_AT}.ckpt"))
+    fit(module, data, clip, WORLD, [record, ema, *gan_warmup(module)], root,
+        ckpt_path=str(root / "ckpt" / f"step={SAVE_AT}.ckpt"))
     result["resumed"] = summary(module, record, ema, WORLD)
     if torch.distributed.get_rank() == 0:
         torch.save(result, out)

@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from jsonargparse import ArgumentParser
 
 from lightning_modules.cli import SpeedrunCLI
@@ -20,14 +21,18 @@ from lightning_modules.cli import SpeedrunCLI
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = sorted((ROOT / "configs" / "scale").glob("*.yaml"))
 # paper configs: every recipe's GPU training configs (not the tiny CPU runs, the latent caching or the ablation rows)
+# (add-ons such as configs/speeddiff/bad_model_*.yaml name no model class and are composed with their base config)
 PAPER = sorted(p for p in (ROOT / "configs").glob("*/*.yaml")
-               if p.parent.name != "scale" and p.stem != "tiny_cpu" and not p.stem.startswith("cache_latents"))
+               if p.parent.name != "scale" and p.stem != "tiny_cpu" and not p.stem.startswith("cache_latents")
+               and "class_path" in (yaml.safe_load(p.read_text()).get("model") or {}))
 # construction without files or downloads (meta device): per model class, overrides that skip pretrained weights
 NO_WEIGHTS = {
     "SRDiT": ["--model.init_args.tokenizer_weights=null",
               "--model.init_args.target_encoder.init_args.random_weights=true"],
     "RAEStage2": ["--model.init_args.stage1_checkpoint=null", "--model.init_args.official_rae=false",
                   "--model.init_args.stats_path=null"],
+    "SpeedDiff": ['--model.init_args.lpips={"class_path": "lightning_modules.losses.LPIPS", '
+                  '"init_args": {"pretrained": false}}'],
 }
 
 
@@ -61,7 +66,7 @@ def instantiate(class_path: str, init_args) -> object:
 
 def test_there_are_add_ons_and_paper_configs():
     assert {p.stem for p in SCALE} >= {"fsdp2_8gpu", "ddp_8gpu", "multinode"}
-    assert {p.parent.name for p in PAPER} >= {"sid2", "srdit"}
+    assert {p.parent.name for p in PAPER} >= {"sid2", "srdit", "rae", "speeddiff"}
 
 
 @pytest.mark.parametrize("scale", SCALE, ids=lambda p: p.stem)
@@ -95,7 +100,8 @@ def test_recipe_builds_on_meta_with_the_fsdp2_add_on(paper):
     assert model.fsdp_param_dtype == "bfloat16"
     units = model.shard_units()
     assert units and all(next(u.parameters()).is_meta for u in units)
-    # every trained parameter is inside the sharded network; frozen encoders stay outside (replicated)
-    net = {id(p) for p in model.net.parameters()}
-    assert all(id(p) in net for p in model.trainable_parameters())
-    assert all(id(p) not in net for m in model.frozen_modules() for p in m.parameters())
+    # every trained parameter is inside a sharded root (the denoiser; SpeedDiff: also its VAE, adapters and
+    # discriminator); frozen encoders stay outside (replicated)
+    sharded = {id(p) for root in model.shard_roots() for p in root.parameters()}
+    assert all(id(p) in sharded for p in model.trainable_parameters())
+    assert all(id(p) not in sharded for m in model.frozen_modules() for p in m.parameters())

@@ -3,9 +3,11 @@
 One launch of tests/sharded_recipes_run.py per recipe (fp32, deterministic) checks:
 (a) the first steps' losses and the weights after them equal single-process training on the same global batch
     (each half batch drawing the noise its rank draws), within float tolerance;
+(b) with EMA and (GAN recipes) GANWarmup switching terms on during the run, and SpeedDiff's discriminator step and
+    LeCam anchors (averaged over ranks, so every rank holds the single-process values);
 (c) a sharded (distributed checkpoint) save at step k, resumed in new processes, reproduces steps k+1… of the
-    uninterrupted run exactly: losses, batches (data-loader position), weights (optimizer state), EMA, and each
-    rank's random stream.
+    uninterrupted run exactly: losses, batches (data-loader position), weights (optimizer state; SpeedDiff: also
+    VAE, discriminator and LeCam), EMA, GAN phase, and each rank's random stream.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 # tiny configs shrunk further (and without LR warm-up, so the first steps move the weights); a new recipe adds
-# its configs/<recipe>/tiny_cpu.yaml here (a manual-optimisation recipe, e.g. a GAN stage, also needs its own
-# single-process emulation: sharded_recipes_run.EmulateRanks replaces an automatic-optimisation training_step)
+# its configs/<recipe>/tiny_cpu.yaml here (a manual-optimisation recipe other than SpeedDiff also needs its own
+# single-process emulation in sharded_recipes_run.EmulateRanks)
 SMALL_DATA = ["--data.init_args.train_size=64", "--data.init_args.val_size=8", "--model.init_args.warmup_steps=0"]
 RECIPES = {
     "sit": ("configs/sit/tiny_cpu.yaml", ["--model.init_args.depth=2", "--model.init_args.hidden_size=64",
@@ -31,6 +33,11 @@ RECIPES = {
     "srdit": ("configs/srdit/tiny_cpu.yaml", ["--model.init_args.depth=5", "--model.init_args.hidden_size=64",
                                               "--model.init_args.num_heads=1", "--model.init_args.projector_dim=64",
                                               "--model.init_args.path_drop_prob=0.5"]),
+    # manual optimisation (joint step + discriminator step with LeCam) and GANWarmup switching across the resume point
+    "speeddiff": ("configs/speeddiff/tiny_cpu.yaml", [
+        "--model.init_args.vae_overrides={patch_size: 4, hidden_size: 32, encoder_depth: 1, decoder_depth: 1, "
+        "num_heads: 2, latent_channels: 8, swiglu_multiple_of: 32}", "--model.init_args.depth=2",
+        "--model.init_args.hidden_size=32", "--model.init_args.repa_depth=1", "--model.init_args.adapter_dim=32"]),
 }
 
 
@@ -69,6 +76,7 @@ def test_two_processes_match_one_and_sharded_resume_is_exact(name, tmp_path):
     for rank in range(len(sharded["losses"])):
         assert resumed["losses"][rank] == sharded["losses"][rank][k:], f"rank {rank} losses"
         assert resumed["labels"][rank] == sharded["labels"][rank][k:], f"rank {rank} batches"
-    assert _max_diff(resumed["params"], sharded["params"]) == 0.0
+    assert _max_diff(resumed["params"], sharded["params"]) == 0.0  # incl. VAE, discriminator, LeCam anchors
     assert _max_diff(resumed["ema"], sharded["ema"]) == 0.0
+    assert resumed["gan_phase"] == sharded["gan_phase"]  # GANWarmup state (all on at the end for SpeedDiff)
 

@@ -23,8 +23,16 @@ from lightning_modules.losses.gan import (
     vanilla_g_loss,
 )
 from lightning_modules.losses.lpips import LPIPS, ConvFeatures
+from lightning_modules.losses.speeddiff_loss import (
+    SpeedDiffWeights,
+    speeddiff_discriminator_losses,
+    speeddiff_generator_losses,
+)
 
 __all__ = [
+    "SpeedDiffWeights",
+    "speeddiff_discriminator_losses",
+    "speeddiff_generator_losses",
     "AdaptiveWeight",
     "GANPhase",
     "ConvFeatures",

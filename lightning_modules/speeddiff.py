@@ -1,0 +1,428 @@
+"""`SpeedDiff`: end-to-end ViT-VAE + Refined-DiT, trained jointly with TPR and optional REPA++ (SpeedDiff supp.
+Algorithm 1, A.1–A.3, Tab. 14).
+
+    x0 ─ViT-VAE encoder─▶ q(z0|x0) ─sample─▶ z0 ─▶ L_VAE (MSE + LPIPS + 0.1·GAN + 1e-5·KL)
+                                              └─▶ z_t ─Refined-DiT─▶ v̂ ─▶ L_Diff, L_TPR = D(z_t − t·v̂) vs x0
+    one AdamW step on (φ, ψ, θ, ω) for L = L_VAE + L_Diff + L_TPR (+ L_REPA++), then one step of the
+    PatchGAN discriminator (spectral norm, hinge + 0.05·LeCam) on sg(x̂_vae).
+
+The math is ``losses.speeddiff_loss``; this module wires networks, optimizers and sampling. Manual
+optimisation (two optimizers): ``trainer.global_step`` counts the joint steps; ``self.gan_phase``
+(``callbacks.GANWarmup``; SpeedDiff: everything on from step 0) gates LPIPS, discriminator updates and the
+adversarial term. ``self.tokenizer`` is the trained VAE (``encode`` / ``decode`` as every tokenizer);
+``self.net`` the denoiser (EMA follows it; the VAE is used as trained).
+
+AutoGuidance bad model (A.3.1): ``frozen_vae`` loads the VAE of a SpeedDiff checkpoint and freezes it; only
+the diffusion loss is trained (TPR / REPA++ if their weights are set), e.g. with half the blocks and half
+the heads (``configs/speeddiff/bad_model_*.yaml``). ``callbacks.AutoGuidance`` then guides the main model
+with it; sampling is Euler–Maruyama, 250 NFE (Tab. 14), CFG as the alternative.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_modules.diffusion import GuidedDenoiser, TimeSampler, euler_maruyama_sample, euler_ode_sample
+from lightning_modules.losses.gan import GANPhase, LeCamRegularizer, select_gan_losses
+from lightning_modules.losses.repa_pp import DIFFUSION_REPA_DEPTH, REPAPlusPlus
+from lightning_modules.losses.speeddiff_loss import (
+    SpeedDiffWeights,
+    speeddiff_discriminator_losses,
+    speeddiff_generator_losses,
+)
+from lightning_modules.networks.dit import DiT, refined_dit_preset
+from lightning_modules.networks.invae import INVAE, INVAEConfig
+from lightning_modules.networks.vit_vae import ViTVAE, vit_vae_preset
+from lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy, warmup_schedule_factor
+
+log = logging.getLogger(__name__)
+
+# SpeedDiff init args that define the VAE's architecture (rebuilt from a checkpoint for ``frozen_vae``)
+VAE_ARGS = ("vae", "resolution", "vae_overrides")
+
+
+def speeddiff_vae(vae: str = "B", resolution: int = 256, vae_overrides: Mapping[str, Any] | None = None) -> nn.Module:
+    """ViT-VAE-B/L/XL at ``resolution`` (A.1.1, Tab. 14), or "cnn": the f16d32 CNN-VAE of Tab. 10 (the INVAE
+    architecture, 70 M); ``vae_overrides`` replace config fields (tiny configs)."""
+    overrides = dict(vae_overrides or {})
+    if vae.lower() == "cnn":
+        return INVAE(INVAEConfig(resolution=resolution, scaling_factor=1.0, **overrides))
+    return ViTVAE(vit_vae_preset(vae, resolution, **overrides))
+
+
+def speeddiff_denoiser(
+    model: str = "Refined-DiT-B",
+    input_size: int = 16,
+    in_channels: int = 32,
+    num_classes: int = 1000,
+    class_dropout_prob: float = 0.1,
+    depth: int | None = None,
+    hidden_size: int | None = None,
+    num_heads: int | None = None,
+) -> DiT:
+    """Refined-DiT-B/L/XL (A.1.2) or the Tab. 10 baseline "DiT-XL/1" on (in_channels, input_size²) latents;
+    ``depth`` / ``hidden_size`` / ``num_heads`` override the preset (the bad model: half of each, A.3.1)."""
+    sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items() if v is not None}
+    return DiT(refined_dit_preset(model, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
+                                  class_dropout_prob=class_dropout_prob, **sizes))
+
+
+def load_speeddiff_vae(path: str | Path) -> nn.Module:
+    """The trained VAE of a ``SpeedDiff`` checkpoint (architecture from its hyper-parameters, weights from its
+    ``tokenizer.*`` tensors), frozen, in eval mode (A.3.1: the bad model trains on the 200-epoch VAE)."""
+    from lightning_modules.checkpoints.safe_load import safe_torch_load
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"frozen_vae checkpoint not found: {path}")
+    checkpoint = safe_torch_load(path)
+    recipe = checkpoint.get("recipe")
+    if recipe is not None and recipe != SpeedDiff.recipe_name():
+        raise ValueError(f"frozen_vae {path} was written by {recipe}, not {SpeedDiff.recipe_name()}")
+    hparams = checkpoint.get("hyper_parameters") or {}
+    vae = speeddiff_vae(**{k: hparams[k] for k in VAE_ARGS if k in hparams})
+    state = {k[len("tokenizer."):]: v for k, v in (checkpoint.get("state_dict") or {}).items()
+             if k.startswith("tokenizer.")}
+    try:
+        vae.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"frozen_vae {path}: its VAE weights do not fit the VAE its hyper-parameters describe "
+                         f"({error})") from error
+    return vae.requires_grad_(False).eval()
+
+
+class SpeedDiff(DiffusionRecipe):
+    """SpeedDiff (Algorithm 1). Defaults are SpeedDiff-B at 256 without REPA++ (Tab. 14).
+
+    Networks: ``vae`` ("B" / "L" / "XL" ViT-VAE, or "cnn"), ``resolution`` (256: p 16, 512: p 32; the latent is
+    32 × 16 × 16 either way), ``vae_overrides``; ``model`` ("Refined-DiT-B/L/XL" or "DiT-XL/1") with
+    ``depth`` / ``hidden_size`` / ``num_heads`` overrides; ``class_dropout_prob`` 0.1.
+
+    Losses (``losses.speeddiff_loss``): weights of Tab. 14 (``mse_weight`` … ``lecam_weight``; LeCam EMA
+    ``lecam_decay``); ``time_sampler`` "logit_normal" (B: log-norm(0, 1)) or "uniform" (L / XL);
+    ``repa_pp`` adds REPA++ with the frozen ``vfm`` (default: DINOv2-B/14 through timm at ``vfm_resolution``)
+    at denoiser depth ``repa_depth`` (8), adapters of width ``adapter_dim``. ``lpips`` (default: the lpips
+    package VGG16, full resolution), ``discriminator`` (default: PatchGAN with spectral norm) and ``vfm`` are
+    injectable modules (tiny configs: small random nets; no download).
+
+    Optimisation: AdamW ``lr`` 1e-4, β (0.9, 0.999), no weight decay for (φ, ψ, θ, ω); the discriminator's
+    AdamW uses ``disc_lr`` / ``disc_betas`` (the paper names none: default the main ones); ``grad_clip``
+    clips each optimizer's gradient norm (Lightning's ``gradient_clip_val`` is unavailable under manual
+    optimisation).
+
+    Sampling (A.3, Tab. 14): ``sampler`` "sde" (Euler–Maruyama) with ``num_sample_steps`` 250, CFG
+    ``cfg_scale`` / ``cfg_interval``, or autoguidance when ``self.autoguide`` is set.
+    """
+
+    weight_loading_args = ("frozen_vae",)
+
+    def __init__(
+        self,
+        vae: str = "B",
+        resolution: int = 256,
+        vae_overrides: dict[str, Any] | None = None,
+        model: str = "Refined-DiT-B",
+        depth: int | None = None,
+        hidden_size: int | None = None,
+        num_heads: int | None = None,
+        num_classes: int = 1000,
+        class_dropout_prob: float = 0.1,
+        time_sampler: Literal["logit_normal", "uniform"] = "logit_normal",
+        mse_weight: float = 1.0,
+        lpips_weight: float = 1.0,
+        gan_weight: float = 0.1,
+        kl_weight: float = 1e-5,
+        diffusion_weight: float = 1.0,
+        tpr_mse_weight: float = 1.0,
+        tpr_lpips_weight: float = 1.0,
+        lecam_weight: float = 0.05,
+        lecam_decay: float = 0.999,
+        disc_loss: str = "hinge",
+        gen_loss: str = "vanilla",
+        repa_pp: bool = False,
+        repa_latent_weight: float = 1.0,
+        repa_diffusion_weight: float = 1.0,
+        repa_depth: int = DIFFUSION_REPA_DEPTH,
+        adapter_dim: int = 2048,
+        vfm_resolution: int = 224,
+        lpips: nn.Module | None = None,
+        discriminator: nn.Module | None = None,
+        vfm: nn.Module | None = None,
+        frozen_vae: str | None = None,
+        sampler: Literal["ode", "sde"] = "sde",
+        num_sample_steps: int = 250,
+        cfg_scale: float = 1.0,
+        cfg_interval: tuple[float, float] | None = None,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        adam_eps: float = 1e-8,
+        warmup_steps: int = 0,
+        lr_schedule: LRSchedule = "constant",
+        min_lr: float = 0.0,
+        disc_lr: float | None = None,
+        disc_betas: tuple[float, float] | None = None,
+        grad_clip: float | None = None,
+        fsdp_param_dtype: Literal["float32", "bfloat16"] | None = None,
+        nonfinite: NonFinitePolicy = "skip",
+    ) -> None:
+        super().__init__(lr=lr, betas=betas, weight_decay=weight_decay, adam_eps=adam_eps, warmup_steps=warmup_steps,
+                         lr_schedule=lr_schedule, min_lr=min_lr, fsdp_param_dtype=fsdp_param_dtype, nonfinite=nonfinite)
+        self.save_hyperparameters(ignore=["lpips", "discriminator", "vfm"])
+        self.automatic_optimization = False
+        if grad_clip is not None and grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 or null, got {grad_clip}")
+        self.weights = SpeedDiffWeights(mse_weight, lpips_weight, gan_weight, kl_weight, diffusion_weight,
+                                        tpr_mse_weight, tpr_lpips_weight, lecam_weight)
+        self.train_vae = frozen_vae is None
+        self.tokenizer = load_speeddiff_vae(frozen_vae) if frozen_vae is not None else \
+            speeddiff_vae(vae, resolution, vae_overrides)
+        if getattr(self.tokenizer, "scaling_factor", 1.0) != 1.0:
+            raise ValueError("SpeedDiff diffuses raw VAE latents: set the VAE's scaling_factor to 1")
+        channels, size, _ = self.latent_shape
+        self.net = speeddiff_denoiser(model, size, channels, num_classes, class_dropout_prob, depth, hidden_size,
+                                      num_heads)
+        self.resolution = resolution
+        self.time_sampler = TimeSampler(time_sampler)
+        needs_lpips = (self.train_vae and lpips_weight > 0) or tpr_lpips_weight > 0
+        if needs_lpips and lpips is None:
+            from lightning_modules.losses.lpips import LPIPS
+
+            lpips = LPIPS()  # lpips package VGG16 + v0.1 heads, full resolution (A.2.2)
+        self.lpips = lpips if needs_lpips else None
+        needs_disc = self.train_vae and gan_weight > 0
+        if needs_disc and discriminator is None:
+            from lightning_modules.networks.discriminators import PatchGANDiscriminator
+
+            discriminator = PatchGANDiscriminator()
+        self.discriminator = discriminator if needs_disc else None
+        self.lecam = LeCamRegularizer(lecam_decay) if needs_disc and lecam_weight > 0 else None
+        self.d_loss_fn, self.g_loss_fn = select_gan_losses(disc_loss, gen_loss)
+        self.repa_depth = repa_depth
+        self.repa = None
+        self.vfm = None
+        if repa_pp:
+            if not 1 <= repa_depth <= self.net.cfg.depth:
+                raise ValueError(f"repa_depth {repa_depth} is not a block of the {self.net.cfg.depth}-block denoiser")
+            if vfm is None:
+                from lightning_modules.networks.target_encoders import DINOv2Targets
+
+                vfm = DINOv2Targets(resolution=vfm_resolution)  # DINOv2-B/14 through timm (pretrained)
+            self.vfm = vfm
+            target_dim = int(getattr(vfm, "embed_dim", 0) or 0)
+            if target_dim <= 0:
+                raise ValueError("the REPA++ vfm must expose `embed_dim` (its token width)")
+            self.repa = REPAPlusPlus(channels, self.net.cfg.hidden_size, target_dim, adapter_dim,
+                                     repa_latent_weight, repa_diffusion_weight)
+        self.sampler = sampler
+        self.num_sample_steps = num_sample_steps
+        self.cfg_scale = cfg_scale
+        self.cfg_interval = tuple(cfg_interval) if cfg_interval is not None else None
+        self.disc_lr = disc_lr
+        self.disc_betas = tuple(disc_betas) if disc_betas is not None else None
+        self.grad_clip = grad_clip
+        self.gan_phase = GANPhase()  # SpeedDiff: every term from step 0 (callbacks.GANWarmup may change it)
+        self._reconstruction: Tensor | None = None  # sg(x̂_vae) of the joint step, reused by the discriminator step
+        self.strict_loading = False  # LPIPS / VFM tensors are left out of checkpoints (on_save_checkpoint)
+        self.freeze()
+
+    # ---------------------------------------------------------------- structure
+    @property
+    def vae(self) -> nn.Module:
+        return self.tokenizer
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.tokenizer.latent_shape)
+
+    @classmethod
+    def net_from_hparams(cls, hparams: Mapping[str, Any]) -> nn.Module:
+        """Only the denoiser (the autoguidance guide): no VAE, LPIPS, VFM or weight files."""
+        accepted = inspect.signature(speeddiff_denoiser).parameters
+        kwargs = {k: v for k, v in hparams.items() if k in accepted}
+        channels, size, _ = cls._latent_shape_of(hparams)
+        return speeddiff_denoiser(**{**kwargs, "input_size": size, "in_channels": channels})
+
+    @staticmethod
+    def _latent_shape_of(hparams: Mapping[str, Any]) -> tuple[int, int, int]:
+        """Latent shape a run with these hyper-parameters diffuses on (built on the meta device: no memory)."""
+        if hparams.get("frozen_vae"):
+            from lightning_modules.checkpoints.safe_load import safe_torch_load
+
+            hparams = safe_torch_load(hparams["frozen_vae"]).get("hyper_parameters") or {}
+        with torch.device("meta"):
+            return tuple(speeddiff_vae(**{k: hparams[k] for k in VAE_ARGS if k in hparams}).latent_shape)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        frozen = [m for m in (self.lpips, self.vfm) if m is not None]
+        return frozen + ([] if self.train_vae else [self.tokenizer])
+
+    def expected_image_shape(self) -> tuple[int, int, int] | None:
+        return (3, self.resolution, self.resolution)
+
+    def shard_units(self) -> list[nn.Module]:
+        """One FSDP unit per denoiser block, per ViT-VAE encoder / decoder block, then the encoder and decoder."""
+        units = super().shard_units()
+        if self.train_vae:
+            if isinstance(self.tokenizer, ViTVAE):
+                units += list(self.tokenizer.encoder.trunk.blocks) + list(self.tokenizer.decoder.trunk.blocks)
+            units += [self.tokenizer.encoder, self.tokenizer.decoder]
+        return units
+
+    def reshard_root_after_forward(self, root: nn.Module) -> bool:
+        return root is not self.tokenizer  # posterior() returns a distribution object FSDP cannot hook
+
+    def shard_roots(self) -> list[nn.Module]:
+        """The denoiser, and when trained the VAE, the REPA++ adapters and the discriminator (its own optimizer)."""
+        roots = [self.net]
+        if self.train_vae:
+            roots.append(self.tokenizer)
+        return roots + [m for m in (self.repa, self.discriminator) if m is not None]
+
+    def configure_model(self) -> None:
+        """FSDP2 as the base (``shard_units`` / ``shard_roots``); the VAE is called through ``posterior`` and
+        ``decode``, not ``forward``, so those methods get FSDP's unshard / reshard hooks too."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
+        fresh = not isinstance(self.net, FSDPModule)
+        super().configure_model()
+        if fresh and self.train_vae:
+            for method in ("posterior", "decode"):
+                register_fsdp_forward_method(self.tokenizer, method)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Frozen pretrained modules (LPIPS, VFM) are rebuilt from the arguments, not saved — except in a sharded
+        (distributed) checkpoint, whose loader requires every key of the module."""
+        super().on_save_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict) and self.device_mesh is None:
+            for key in [k for k in state if k.startswith(("lpips.", "vfm."))]:
+                del state[key]
+
+    # ---------------------------------------------------------------- losses
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Images → posterior means (the latent the denoiser was trained on, without the sampling noise)."""
+        return self.tokenizer.encode(images, sample=False)
+
+    def _vfm_tokens(self, images: Tensor) -> Tensor | None:
+        if self.repa is None:
+            return None
+        with torch.no_grad():
+            return self.vfm(images)
+
+    def compute_losses(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Algorithm 1's L (and every term) with the discriminator in eval mode (no power iteration)."""
+        images = batch["image"]
+        if self.discriminator is not None:
+            self.discriminator.eval()
+        out = speeddiff_generator_losses(
+            self.tokenizer, self.net, images, batch["label"], self.time_sampler, self.weights, self.train_vae,
+            self.lpips, self.discriminator, self.g_loss_fn, self.repa, self._vfm_tokens(images), self.repa_depth,
+            self.gan_phase, generator=generator)
+        self._reconstruction = out.reconstruction
+        return out.losses
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Joint step on (φ, ψ, θ, ω), then (GAN phase "disc") the discriminator step on sg(x̂_vae); returns
+        the detached joint loss (callbacks see it as ``outputs["loss"]``)."""
+        images = batch["image"]
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        schedulers = self.lr_schedulers()
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        losses = self.compute_losses(batch)
+        finite = self.losses_are_finite(losses)
+        self.manual_optimizer_step(optimizers[0], losses["loss"] if finite else None, True, self.grad_clip)
+        schedulers[0].step()
+        self.log_losses(losses, "train", batch_size=len(images))
+        fake = self._reconstruction
+        if self.gan_phase.disc and self.discriminator is not None and fake is not None:
+            self.discriminator.train()
+            d = speeddiff_discriminator_losses(self.discriminator, images, fake, self.lecam, self.weights.lecam,
+                                               self.d_loss_fn)
+            finite = self.losses_are_finite(d)
+            self.manual_optimizer_step(optimizers[1], d["d_loss"] if finite else None, False, self.grad_clip)
+            schedulers[1].step()
+            self.log_dict({f"train/{k}": v.detach().float() for k, v in d.items()}, batch_size=len(images))
+        self._reconstruction = None
+        return losses["loss"].detach()
+
+    def configure_optimizers(self) -> tuple[list, list]:
+        """AdamW on everything trained except the discriminator, and one for the discriminator (Tab. 14)."""
+        disc = {id(p) for p in self.discriminator.parameters()} if self.discriminator is not None else set()
+        main = [p for p in self.trainable_parameters() if id(p) not in disc]
+        optimizers = [torch.optim.AdamW(main, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay,
+                                        eps=self.adam_eps)]
+        if self.discriminator is not None:
+            optimizers.append(torch.optim.AdamW(
+                [p for p in self.discriminator.parameters() if p.requires_grad], lr=self.disc_lr or self.lr,
+                betas=self.disc_betas or self.betas, weight_decay=self.weight_decay, eps=self.adam_eps))
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None and \
+            self.lr_schedule == "cosine" else None
+        schedulers = []
+        for opt in optimizers:
+            ratio = self.min_lr / opt.param_groups[0]["lr"] if opt.param_groups[0]["lr"] > 0 else 0.0
+            fn = lambda s, r=ratio: warmup_schedule_factor(s, self.warmup_steps, total, self.lr_schedule, r)  # noqa: E731
+            schedulers.append({"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, fn), "interval": "step"})
+        return optimizers, schedulers
+
+    # ---------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        labels: Tensor,
+        num_steps: int | None = None,
+        cfg_scale: float | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        sampler: Literal["ode", "sde"] | None = None,
+        progress: bool = False,
+        return_latents: bool = False,
+    ) -> Tensor:
+        """Images in [−1, 1] (A.3): Euler–Maruyama (or Euler ODE) on the latent, decoded by the VAE decoder.
+
+        Guidance: autoguidance when ``self.autoguide`` is set (A.3.1; same labels, interval on t), else CFG
+        with ``cfg_scale`` on ``cfg_interval``. The null label ``num_classes`` samples unconditionally (A.3.2)."""
+        labels = labels.to(self.device)
+        if noise is None:
+            noise = torch.randn((len(labels), *self.latent_shape), device=self.device, generator=generator)
+        ag = self.autoguide
+        if ag is not None:
+            denoiser = GuidedDenoiser(lambda x, t, y: self.net(x, t, y), scale=ag.scale,
+                                      guide_fn=lambda x, t, y: ag.net(x, t, y), interval=ag.interval)
+        else:
+            denoiser = GuidedDenoiser(lambda x, t, y: self.net(x, t, y),
+                                      scale=self.cfg_scale if cfg_scale is None else cfg_scale,
+                                      null_label=self.num_classes, interval=self.cfg_interval)
+        steps = num_steps or self.num_sample_steps
+        velocity = lambda x, t: denoiser(x, t, labels)  # noqa: E731
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            if (sampler or self.sampler) == "ode":
+                z0 = euler_ode_sample(velocity, noise, steps, progress=progress)
+            else:
+                z0 = euler_maruyama_sample(velocity, noise, steps, generator=generator, progress=progress)
+        finally:
+            self.net.train(was_training)
+        if return_latents:
+            return z0
+        was_training = self.tokenizer.training
+        self.tokenizer.eval()
+        try:
+            return self.tokenizer.decode(z0).clamp(-1, 1)
+        finally:
+            self.tokenizer.train(was_training)
+
+
+__all__ = ["SpeedDiff", "load_speeddiff_vae", "speeddiff_denoiser", "speeddiff_vae"]
