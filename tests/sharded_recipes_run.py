@@ -132,6 +132,21 @@ def fit(module: L.LightningModule, data: Any, clip: float, world: int, callbacks
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
 
+def autoguided_samples(module: L.LightningModule) -> torch.Tensor:
+    """Samples of the trained module autoguided (scale 2) by a guide built from its hyper-parameters with a fixed
+    seed — the same replicated guide on every process; collective under sharding (every rank samples)."""
+    torch.manual_seed(4321)
+    guide = type(module).net_from_hparams(dict(module.hparams))
+    for p in guide.parameters():  # non-zero outputs (adaLN-zero / identity inits make a fresh guide trivial)
+        p.data.normal_(0, 0.02)
+    module.set_autoguide(guide, 2.0)
+    try:
+        labels = torch.arange(2) % module.num_classes
+        return module.sample(labels, num_steps=2, generator=torch.Generator().manual_seed(0)).detach().float()
+    finally:
+        module.set_autoguide(None)
+
+
 def summary(module: L.LightningModule, record: Record, ema: EMA | None, world: int) -> dict[str, Any]:
     """Every rank's losses and labels, full (gathered) final weights and EMA; collective under sharding."""
     losses, labels = [record.losses], [record.labels]
@@ -151,7 +166,7 @@ def summary(module: L.LightningModule, record: Record, ema: EMA | None, world: i
         assert all(all(torch.equal(g[k], buffers[k]) for k in buffers) for g in gathered), "LeCam anchors differ"
     return {"losses": losses, "labels": labels, "params": {**params, **buffers},
             "ema": ema.full_state(module) if ema is not None else None,
-            "param_type": type(next(module.net.parameters())).__name__,
+            "param_type": type(next(module.net.parameters())).__name__, "guided": autoguided_samples(module),
             "gan_phase": [bool(v) for v in vars(module.gan_phase).values()] if hasattr(module, "gan_phase") else None}
 
 

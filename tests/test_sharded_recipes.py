@@ -4,7 +4,8 @@ One launch of tests/sharded_recipes_run.py per recipe (fp32, deterministic) chec
 (a) the first steps' losses and the weights after them equal single-process training on the same global batch
     (each half batch drawing the noise its rank draws), within float tolerance;
 (b) with EMA and (GAN recipes) GANWarmup switching terms on during the run, and SpeedDiff's discriminator step and
-    LeCam anchors (averaged over ranks, so every rank holds the single-process values);
+    LeCam anchors (averaged over ranks, so every rank holds the single-process values); autoguided sampling on the
+    sharded weights with a replicated guide equals the single process's;
 (c) a sharded (distributed checkpoint) save at step k, resumed in new processes, reproduces steps k+1… of the
     uninterrupted run exactly: losses, batches (data-loader position), weights (optimizer state; SpeedDiff: also
     VAE, discriminator and LeCam), EMA, GAN phase, and each rank's random stream.
@@ -71,6 +72,9 @@ def test_two_processes_match_one_and_sharded_resume_is_exact(name, tmp_path):
         merged = [label for pair in zip(*(rank[step] for rank in sharded["labels"])) for label in pair]
         assert merged == ref["labels"][0][step]
     assert _max_diff(sharded["params"], ref["params"]) < 1e-5
+    # (b) autoguided sampling on the sharded weights (replicated guide) = the single process's
+    torch.testing.assert_close(sharded["guided"], ref["guided"], rtol=1e-4, atol=1e-4)
+    assert sharded["guided"].abs().max() > 0  # a real image batch, not zeros
 
     # (c) resume from the sharded checkpoint at step k = the uninterrupted run's steps k+1…, bit for bit
     for rank in range(len(sharded["losses"])):
