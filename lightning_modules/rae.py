@@ -610,9 +610,11 @@ class RAEStage2(DiffusionRecipe):
         return self.transport.time_shift
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The frozen tokenizer is left out (rebuilt from the arguments), except in a sharded (distributed)
+        checkpoint, whose loader requires every key of the module."""
         super().on_save_checkpoint(checkpoint)
         state = checkpoint.get("state_dict")
-        if isinstance(state, dict):
+        if isinstance(state, dict) and self.device_mesh is None:
             for key in [k for k in state if k.startswith("tokenizer.")]:
                 del state[key]
 

@@ -178,10 +178,28 @@ def gan_warmup(module: L.LightningModule) -> list[L.Callback]:
     return [GANWarmup(0, 1, 3, unit="step")] if hasattr(module, "gan_phase") else []
 
 
+def prepare_rae_stage2(work: Path) -> None:
+    """RAE stage 2 trains on stage 1's outputs: a 2-step tiny stage-1 fit, then its latent cache and statistics
+    (README "The tiny chain"), written under ``work`` (the relative paths of the tiny configs)."""
+    configs = ROOT / "configs" / "rae"
+    quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    small = ["--data.init_args.train_size=64", "--data.init_args.val_size=8"]
+    build_cli(["fit", "--config", str(configs / "tiny_cpu_stage1.yaml"), "--trainer.max_steps=2",
+               "--trainer.limit_val_batches=0", *small, *quiet])
+    build_cli(["predict", "--config", str(configs / "tiny_cpu_stage1.yaml"), "--config",
+               str(configs / "chain" / "tiny_cpu_cache.yaml"), "--ckpt_path",
+               str(work / "runs/rae_tiny_cpu/stage1/checkpoints/last.ckpt"), "--return_predictions=false",
+               "--data.init_args.source.init_args.train_size=64", *quiet])
+
+
 def main(out: str, config: str, overrides: list[str]) -> None:
     torch.set_num_threads(1)
     root = Path(out).parent / "run"
+    config = str(ROOT / config)
+    os.chdir(Path(out).parent)  # relative paths of the configs (runs/...) land beside OUT
     result: dict[str, Any] = {}
+    if "LOCAL_RANK" not in os.environ and "rae" in Path(config).parts:
+        prepare_rae_stage2(Path.cwd())
     if "LOCAL_RANK" not in os.environ:  # the launching process, before the launcher starts rank 1
         module, data, clip = build(config, overrides, 2 * BATCH, root)
         record = Record()
