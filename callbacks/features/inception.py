@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from unittest import mock
 
-import torch
 from torch import Tensor, nn
 
 from callbacks.features.base import FeatureExtractor, freeze, load_weights

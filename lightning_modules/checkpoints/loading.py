@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from lightning_modules.checkpoints.registry import CONFIG_FROM_FILE, import_official

@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.blocks.conv_autoencoder import ConvResnetBlock, Downsample, SpatialSelfAttention, Upsample
 from lightning_modules.blocks.resblock import group_norm
+from lightning_modules.networks.gaussian_autoencoder import DiagonalGaussian, GaussianAutoencoder
 
 
 @dataclass(frozen=True)
@@ -42,34 +42,6 @@ class INVAEConfig:
     @property
     def downsampling_factor(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
-
-
-class DiagonalGaussian:
-    """Posterior N(mean, exp(logvar)) from the moments [mean; logvar] (LDM ``DiagonalGaussianDistribution``).
-
-    ``logvar_range`` is the LDM clamp (−30, 20); SpeedDiff's ViT-VAE passes a wider one (its Tab. 11
-    reports mean log-variances down to −123).
-    """
-
-    def __init__(self, moments: Tensor, logvar_range: tuple[float, float] = (-30.0, 20.0)) -> None:
-        self.moments = moments
-        self.mean, logvar = moments.chunk(2, dim=1)
-        self.logvar = logvar.clamp(*logvar_range)  # official clamp keeps exp() finite
-        self.std = torch.exp(0.5 * self.logvar)
-        self.var = torch.exp(self.logvar)
-
-    def sample(self, noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """mean + std·ε; ε is ``noise`` if given (DESIGN: injectable randomness), else drawn."""
-        if noise is None:
-            noise = torch.randn(self.mean.shape, device=self.mean.device, dtype=self.mean.dtype, generator=generator)
-        return self.mean + self.std * noise.to(self.mean)
-
-    def mode(self) -> Tensor:
-        return self.mean
-
-    def kl(self) -> Tensor:
-        """KL(q ‖ N(0, I)) summed over C, H, W, shape (B,) (VAE, Kingma & Welling 2014, App. B)."""
-        return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar).sum(dim=(1, 2, 3))
 
 
 def _resolutions(cfg: INVAEConfig) -> list[int]:
@@ -168,9 +140,10 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class INVAE(nn.Module):
+class INVAE(GaussianAutoencoder):
     """KL autoencoder (module docstring). Tokenizer contract (DESIGN): ``encode(images) -> latents`` and
-    ``decode(latents) -> images`` on raw latents; ``posterior(images)`` gives the Gaussian itself."""
+    ``decode(latents) -> images`` on raw latents; ``posterior(images)`` gives the Gaussian itself; ``forward`` is
+    the official ``forward(x, return_recon=True)``: (posterior, z sample, reconstruction)."""
 
     def __init__(self, cfg: INVAEConfig | None = None) -> None:
         super().__init__()
@@ -182,45 +155,19 @@ class INVAE(nn.Module):
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.embed_dim, 1)
 
     @property
-    def scaling_factor(self) -> float:
-        return self.cfg.scaling_factor
-
-    @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(embed_dim, H/f, W/f) of a ``cfg.resolution`` image."""
         side = self.cfg.resolution // self.cfg.downsampling_factor
         return (self.cfg.embed_dim, side, side)
 
-    def posterior(self, images: Tensor) -> DiagonalGaussian:
-        """q(z | x) for images in [−1, 1] (official ``encode``)."""
-        return DiagonalGaussian(self.quant_conv(self.encoder(images)))
-
-    def encode(
-        self, images: Tensor, sample: bool = True, noise: Tensor | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Raw latents: a posterior sample (SR-DiT's pre-computed latents) or the mean (``sample=False``)."""
-        post = self.posterior(images)
-        return post.sample(noise, generator) if sample else post.mode()
+    def moments(self, images: Tensor) -> Tensor:
+        """[mean; logvar] for images in [−1, 1] (official ``encode``; clamped to (−30, 20) by the posterior)."""
+        return self.quant_conv(self.encoder(images))
 
     def decode(self, latents: Tensor) -> Tensor:
-        """Images (≈ [−1, 1]) from raw latents (official ``decode(z).sample``)."""
+        """Images (≈ [−1, 1]) from raw latents (official ``decode(z).sample``); the diffusion scale is
+        ``scaling_factor`` (0.3099 for VAE_F16D32: ``to_diffusion`` / ``from_diffusion``)."""
         return self.decoder(self.post_quant_conv(latents))
-
-    def forward(
-        self, images: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
-    ) -> tuple[DiagonalGaussian, Tensor, Tensor]:
-        """(posterior, z sample, reconstruction) — the official ``forward(x, return_recon=True)``."""
-        post = self.posterior(images)
-        z = post.sample(noise, generator)
-        return post, z, self.decode(z)
-
-    def to_diffusion(self, latents: Tensor) -> Tensor:
-        """Raw latents → the diffusion model's scale (× 0.3099 for VAE_F16D32)."""
-        return latents * self.scaling_factor
-
-    def from_diffusion(self, latents: Tensor) -> Tensor:
-        """Diffusion-scale latents → raw latents for ``decode`` (÷ 0.3099)."""
-        return latents / self.scaling_factor
 
 
 __all__ = ["DiagonalGaussian", "Decoder", "Encoder", "INVAE", "INVAEConfig"]

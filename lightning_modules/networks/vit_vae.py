@@ -30,7 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from lightning_modules.blocks import (
@@ -42,7 +41,7 @@ from lightning_modules.blocks import (
     swiglu_hidden_dim,
     unpatchify,
 )
-from lightning_modules.networks.invae import DiagonalGaussian
+from lightning_modules.networks.gaussian_autoencoder import GaussianAutoencoder
 
 NormKind = Literal["layernorm", "rmsnorm"]
 
@@ -216,61 +215,35 @@ class ViTVAEDecoder(nn.Module):
         return self.refine(images)
 
 
-class ViTVAE(nn.Module):
+class ViTVAE(GaussianAutoencoder):
     """Encoder + decoder with a diagonal Gaussian posterior (SpeedDiff A.1.1, A.2.2 eqs. 6–7).
 
-    Tokenizer contract (DESIGN, same surface as ``INVAE``): ``posterior(images)`` → ``DiagonalGaussian``
-    (``.mean``, ``.logvar``, ``.std``, ``.sample(noise)``, ``.mode()``, ``.kl()``); ``encode(images)`` →
-    latents (a reparameterised sample, or the mean with ``sample=False``); ``decode(latents)`` → images.
-    The diffusion model works on the raw latents (``scaling_factor`` 1: the KL term keeps them near unit
-    scale and SpeedDiff names no rescaling).
+    Tokenizer contract (DESIGN, the ``GaussianAutoencoder`` surface shared with ``INVAE``): ``posterior(images)``
+    → ``DiagonalGaussian``; ``encode(images)`` → latents (a reparameterised sample, or the mean with
+    ``sample=False``); ``decode(latents)`` → images; ``forward`` → (posterior, z0, x̂_vae), Algorithm 1's first
+    two lines. The diffusion model works on the raw latents (``scaling_factor`` 1: the KL term keeps them near
+    unit scale and SpeedDiff names no rescaling).
     """
 
     def __init__(self, cfg: ViTVAEConfig | None = None) -> None:
         super().__init__()
         cfg = ViTVAEConfig() if cfg is None else cfg
         self.cfg = cfg
+        self.logvar_range = cfg.logvar_range
         self.encoder = ViTVAEEncoder(cfg)
         self.decoder = ViTVAEDecoder(cfg)
-
-    @property
-    def scaling_factor(self) -> float:
-        return self.cfg.scaling_factor
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return self.cfg.latent_shape
 
-    def posterior(self, images: Tensor) -> DiagonalGaussian:
-        """p_φ(z0 | x0) = N(μ, σ²I) for images in [−1, 1] (eq. 6)."""
-        return DiagonalGaussian(self.encoder(images), logvar_range=self.cfg.logvar_range)
-
-    def encode(
-        self, images: Tensor, sample: bool = True, noise: Tensor | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Latents z0 = μ + σ·ε (eq. 7; ``noise`` = ε pins the draw) or μ with ``sample=False``."""
-        post = self.posterior(images)
-        return post.sample(noise, generator) if sample else post.mode()
+    def moments(self, images: Tensor) -> Tensor:
+        """[μ; log σ²] of p_φ(z0 | x0) for images in [−1, 1] (eq. 6)."""
+        return self.encoder(images)
 
     def decode(self, latents: Tensor) -> Tensor:
         """x̂ = D_ψ(z) (A.1.1 "Decoder")."""
         return self.decoder(latents)
-
-    def forward(
-        self, images: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
-    ) -> tuple[DiagonalGaussian, Tensor, Tensor]:
-        """(posterior, z0 sample, reconstruction x̂_vae = D_ψ(z0)) — Algorithm 1's first two lines."""
-        post = self.posterior(images)
-        z0 = post.sample(noise, generator)
-        return post, z0, self.decode(z0)
-
-    def to_diffusion(self, latents: Tensor) -> Tensor:
-        """Raw latents → the diffusion model's scale (× ``scaling_factor``, 1 by default)."""
-        return latents * self.scaling_factor
-
-    def from_diffusion(self, latents: Tensor) -> Tensor:
-        """Diffusion-scale latents → raw latents for ``decode``."""
-        return latents / self.scaling_factor
 
 
 __all__ = [

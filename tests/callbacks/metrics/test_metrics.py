@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from callbacks.metrics import FID, KDD, PSNR, SFID, SSIM, InceptionScore, PrecisionRecall
-from tests.conftest import load_case, reference_cases
+from tests.conftest import reference_cases
 
 PR_CASE = reference_cases("metrics", "precision_recall_identical")
 
