@@ -278,6 +278,20 @@ class DiffusionRecipe(L.LightningModule):
     def on_fit_start(self) -> None:
         check_data_fits(self, self._trainer.datamodule if self._trainer is not None else None)
 
+    def setup(self, stage: str) -> None:
+        """Manual-optimisation (GAN) recipes under DDP: each of their backward passes leaves some parameters
+        without a gradient (the discriminator in the generator step, everything else in the discriminator
+        step), which DDP accepts only with ``find_unused_parameters``: switch it on before DDP wraps the module
+        (configs/scale/ddp_8gpu.yaml leaves it off for the single-optimizer recipes, where it only costs time)."""
+        super().setup(stage)
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        kwargs = getattr(strategy, "_ddp_kwargs", None)
+        if stage == "fit" and not self.automatic_optimization and isinstance(kwargs, dict) \
+                and not kwargs.get("find_unused_parameters"):
+            kwargs["find_unused_parameters"] = True
+            log.info("%s: DDP find_unused_parameters switched on (two optimizers, disjoint backward passes)",
+                     type(self).__name__)
+
     # ---------------------------------------------------------------- checkpoints
     @classmethod
     def recipe_name(cls) -> str:

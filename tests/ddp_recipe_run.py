@@ -1,0 +1,40 @@
+"""Launched by test_ddp_recipes.py: ``python ddp_recipe_run.py OUT CONFIG [CLI overrides]``.
+
+Trains CONFIG (a tiny CPU config) for a few steps with DDP on 2 gloo processes, through the project's CLI with the
+strategy of configs/scale/ddp_8gpu.yaml (find_unused_parameters false), fp32. Rank 0 saves every rank's full
+parameters, losses and GAN phase to OUT. No tests here.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lightning_modules.cli import build_cli  # noqa: E402
+
+
+def main(out: str, config: str, overrides: list[str]) -> None:
+    torch.set_num_threads(1)
+    config = str(ROOT / config)
+    os.chdir(Path(out).parent)  # the config's relative run directories land beside OUT
+    args = ["fit", "--config", config, "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.precision=32-true",
+            "--trainer.strategy=lightning.pytorch.strategies.DDPStrategy",
+            "--trainer.strategy.init_args.find_unused_parameters=false",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *overrides]
+    cli = build_cli(args)
+    module = cli.model
+    state = {k: v.detach().clone() for k, v in module.named_parameters() if v.requires_grad}
+    gathered = [None] * 2
+    torch.distributed.all_gather_object(gathered, {"params": state, "step": cli.trainer.global_step,
+                                                   "phase": [bool(v) for v in vars(module.gan_phase).values()]})
+    if torch.distributed.get_rank() == 0:
+        torch.save(gathered, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])
