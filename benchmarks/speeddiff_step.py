@@ -1,0 +1,119 @@
+"""SpeedDiff joint training step on this CPU: ms/step, GFLOPs/step, achieved TFLOP/s, % of matmul peak, memory.
+
+One step = Algorithm 1's joint loss (ViT-VAE encode, Refined-DiT, one 2B decoder pass for x̂_vae and x̂_tpr,
+LPIPS, PatchGAN generator term, KL, REPA++) forward + backward + AdamW, then the PatchGAN discriminator step
+(hinge + LeCam) + AdamW — the networks of ``configs/speeddiff/tiny_cpu.yaml`` (tiny random LPIPS net and VFM),
+fp32 and bf16 autocast, each in its own subprocess. FLOPs from torch.utils.flop_counter (2 per multiply-add,
+forward + backward); peak = best of a few 2048³ matmuls of the same dtype. No official code exists to compare.
+
+    python benchmarks/speeddiff_step.py [--batch 32] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.sit_step import matmul_peak_tflops  # noqa: E402
+
+
+def tiny_module():
+    from lightning_modules.losses import LPIPS, ConvFeatures
+    from lightning_modules.networks.discriminators import PatchGANDiscriminator
+    from lightning_modules.networks.target_encoders import DINOv2Targets
+    from lightning_modules.speeddiff import SpeedDiff
+
+    return SpeedDiff(
+        vae="B", resolution=32, vae_overrides=dict(patch_size=4, hidden_size=64, encoder_depth=2, decoder_depth=2,
+                                                   num_heads=2, latent_channels=8, swiglu_multiple_of=32),
+        depth=4, hidden_size=96, num_heads=2, num_classes=10, repa_pp=True, repa_depth=2, adapter_dim=128,
+        lpips=LPIPS(ConvFeatures((8, 16, 32)), pretrained=False),
+        discriminator=PatchGANDiscriminator(base_channels=16, num_layers=2),
+        vfm=DINOv2Targets(random_weights=True, resolution=32,
+                          model_kwargs=dict(patch_size=4, embed_dim=64, depth=2, num_heads=2)))
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lightning_modules.losses.speeddiff_loss import speeddiff_discriminator_losses
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    module = tiny_module()
+    disc = {id(p) for p in module.discriminator.parameters()}
+    main_opt = torch.optim.AdamW([p for p in module.trainable_parameters() if id(p) not in disc], lr=1e-4)
+    disc_opt = torch.optim.AdamW(module.discriminator.parameters(), lr=1e-4)
+    batch = {"image": torch.rand(args.batch, 3, 32, 32) * 2 - 1, "label": torch.randint(0, 10, (args.batch,))}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    def work() -> None:
+        with autocast:
+            loss = module.compute_losses(batch)["loss"]
+        loss.backward()
+        main_opt.step()
+        main_opt.zero_grad(set_to_none=True)
+        module.discriminator.zero_grad(set_to_none=True)
+        module.discriminator.train()
+        with autocast:
+            d = speeddiff_discriminator_losses(module.discriminator, batch["image"], module._reconstruction,
+                                               module.lecam, module.weights.lecam)["d_loss"]
+        d.backward()
+        disc_opt.step()
+        disc_opt.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as counter:
+        work()
+    for _ in range(args.warmup):
+        work()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    seconds = sorted(times)[len(times) // 2]
+    flops = counter.get_total_flops()
+    peak = matmul_peak_tflops(torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    trained = sum(p.numel() for p in module.trainable_parameters())
+    return {"precision": args.precision, "ms": 1e3 * seconds, "gflops": flops / 1e9, "tflops": flops / seconds / 1e12,
+            "peak_tflops": peak, "peak_fraction": flops / seconds / 1e12 / peak, "params_m": trained / 1e6,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads for the timings and the matmul peak (1: robust on a shared machine)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="one row only (internal)")
+    args = parser.parse_args()
+    if args.precision:
+        print(json.dumps(run_one(args)))
+        return
+    rows = []
+    for precision in ("fp32", "bf16"):
+        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--precision", precision],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"SpeedDiff tiny joint step (configs/speeddiff/tiny_cpu.yaml networks) on CPU: torch {torch.__version__}, "
+          f"{args.threads} thread(s), batch {args.batch}, {rows[0]['params_m']:.2f} M trained parameters")
+    header = ["precision", "ms/step", "GFLOPs/step", "TFLOP/s", "matmul peak TFLOP/s", "% of peak", "max RSS (MB)"]
+    table = [[r["precision"], f"{r['ms']:.1f}", f"{r['gflops']:.2f}", f"{r['tflops']:.3f}", f"{r['peak_tflops']:.3f}",
+              f"{100 * r['peak_fraction']:.1f}", f"{r['max_rss_mb']:.0f}"] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
+    for row in [header, *table]:
+        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    main()
