@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.diffusion import GuidedDenoiser, RAETransport, euler_ode_sample, rae_shift
+from lightning_modules.diffusion import RAETransport, euler_ode_sample, rae_shift
 from lightning_modules.losses.diffaug import DiffAug
 from lightning_modules.losses.gan import GANPhase, adaptive_weight, disc_accuracy, quantize_fake, select_gan_losses
 from lightning_modules.losses.rae_transport import rae_transport_loss
@@ -694,14 +694,8 @@ class RAEStage2(DiffusionRecipe):
         labels = self.labels(labels.to(self.device))
         if noise is None:
             noise = torch.randn((len(labels), *self.latent_shape), device=self.device, generator=generator)
-        ag = self.autoguide
-        if ag is not None:
-            denoiser = GuidedDenoiser(lambda x, t, y: self.net(x, t, y), scale=ag.scale,
-                                      guide_fn=lambda x, t, y: ag.net(x, t, y), interval=ag.interval)
-        else:
-            denoiser = GuidedDenoiser(lambda x, t, y: self.net(x, t, y),
-                                      scale=self.cfg_scale if cfg_scale is None else cfg_scale,
-                                      null_label=self.num_classes, interval=cfg_interval or self.cfg_interval)
+        denoiser = self.flow_guidance(self.cfg_scale if cfg_scale is None else cfg_scale,
+                                      cfg_interval or self.cfg_interval)
         velocity = denoiser.with_labels(labels)
         steps = num_steps or self.transport.num_steps
         method = sampler or self.transport.method

@@ -348,6 +348,19 @@ class DiffusionRecipe(L.LightningModule):
         guide = AutoGuide(net, float(scale), None if interval is None else (float(interval[0]), float(interval[1])))
         object.__setattr__(self, "_autoguide", guide)
 
+    def flow_guidance(self, cfg_scale: float, cfg_interval: tuple[float, float] | None) -> Any:
+        """The guided velocity ``(x, t, y) -> v`` the flow samplers integrate (SiT, RAE stage 2, SpeedDiff):
+        autoguidance with ``self.autoguide`` (v_guide + w·(v − v_guide), same labels, its t-interval) when set,
+        else CFG with ``cfg_scale`` on ``cfg_interval`` against the null label ``num_classes``."""
+        from lightning_modules.diffusion import GuidedDenoiser
+
+        ag = self.autoguide
+        if ag is not None:
+            return GuidedDenoiser(lambda x, t, y: self.net(x, t, y), scale=ag.scale,
+                                  guide_fn=lambda x, t, y: ag.net(x, t, y), interval=ag.interval)
+        return GuidedDenoiser(lambda x, t, y: self.net(x, t, y), scale=cfg_scale, null_label=self.num_classes,
+                              interval=cfg_interval)
+
     @classmethod
     def net_from_hparams(cls, hparams: Mapping[str, Any]) -> nn.Module:
         """The (randomly initialised) ``net`` this recipe builds from a checkpoint's ``hyper_parameters``: the

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from lightning_modules.diffusion import (
-    GuidedDenoiser,
     TimeSampler,
     dimension_shift,
     euler_maruyama_sample,
@@ -105,17 +104,7 @@ class SiT(DiffusionRecipe):
         if noise is None:
             shape = (len(labels), cfg.in_channels, cfg.input_size, cfg.input_size)
             noise = torch.randn(shape, device=self.device, generator=generator)
-        ag = self.autoguide
-        if ag is not None:  # autoguidance replaces CFG: D_guide + w·(D − D_guide) on an interval of t
-            denoiser = GuidedDenoiser(lambda x, t, y: self.net(x, t, y), scale=ag.scale,
-                                      guide_fn=lambda x, t, y: ag.net(x, t, y), interval=ag.interval)
-        else:
-            denoiser = GuidedDenoiser(
-                lambda x, t, y: self.net(x, t, y),
-                scale=self.cfg_scale if cfg_scale is None else cfg_scale,
-                null_label=cfg.num_classes,
-                interval=self.cfg_interval,
-            )
+        denoiser = self.flow_guidance(self.cfg_scale if cfg_scale is None else cfg_scale, self.cfg_interval)
         steps = num_steps or self.num_sample_steps
         velocity = lambda x, t: denoiser(x, t, labels)  # noqa: E731
         was_training = self.net.training

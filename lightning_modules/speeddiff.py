@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.diffusion import GuidedDenoiser, TimeSampler, euler_maruyama_sample, euler_ode_sample
+from lightning_modules.diffusion import TimeSampler, euler_maruyama_sample, euler_ode_sample
 from lightning_modules.losses.gan import GANPhase, LeCamRegularizer, select_gan_losses
 from lightning_modules.losses.repa_pp import DIFFUSION_REPA_DEPTH, REPAPlusPlus
 from lightning_modules.losses.speeddiff_loss import (
@@ -396,14 +396,7 @@ class SpeedDiff(DiffusionRecipe):
         labels = labels.to(self.device)
         if noise is None:
             noise = torch.randn((len(labels), *self.latent_shape), device=self.device, generator=generator)
-        ag = self.autoguide
-        if ag is not None:
-            denoiser = GuidedDenoiser(lambda x, t, y: self.net(x, t, y), scale=ag.scale,
-                                      guide_fn=lambda x, t, y: ag.net(x, t, y), interval=ag.interval)
-        else:
-            denoiser = GuidedDenoiser(lambda x, t, y: self.net(x, t, y),
-                                      scale=self.cfg_scale if cfg_scale is None else cfg_scale,
-                                      null_label=self.num_classes, interval=self.cfg_interval)
+        denoiser = self.flow_guidance(self.cfg_scale if cfg_scale is None else cfg_scale, self.cfg_interval)
         steps = num_steps or self.num_sample_steps
         velocity = lambda x, t: denoiser(x, t, labels)  # noqa: E731
         was_training = self.net.training
