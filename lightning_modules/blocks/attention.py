@@ -18,13 +18,30 @@ def _qk_norm(kind: str, head_dim: int, eps: float | None) -> nn.Module:
     return RMSNorm(head_dim, eps=eps, affine=True)
 
 
+# On CPU in bf16 / fp16, PyTorch's fused SDPA kernel (fwd + bwd) is 2-8x slower than the explicit
+# matmul-softmax-matmul up to this many tokens, and faster beyond it (benchmarks/attention_cpu.py).
+CPU_EXPLICIT_ATTENTION_MAX_TOKENS = 256
+
+
+def dot_product_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q kᵀ/√Dh) v on (B, heads, N, Dh) (Vaswani et al. 2017, eq. 1): SDPA, or the explicit
+    form where it is faster (half precision on CPU, N ≤ ``CPU_EXPLICIT_ATTENTION_MAX_TOKENS``)."""
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    short = q.shape[-2] <= CPU_EXPLICIT_ATTENTION_MAX_TOKENS and k.shape[-2] <= CPU_EXPLICIT_ATTENTION_MAX_TOKENS
+    if q.device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16) or not short:
+        return F.scaled_dot_product_attention(q, k, v)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)  # what SDPA's autocast would do
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.softmax(-1) @ v
+
+
 class Attention(nn.Module):
-    """softmax(q kᵀ/√Dh) v over all tokens (Vaswani et al. 2017, eq. 1), computed with SDPA.
+    """softmax(q kᵀ/√Dh) v over all tokens (Vaswani et al. 2017, eq. 1), computed by ``dot_product_attention``.
 
     Order, as in the official SR-DiT attention: qkv → heads → RMSNorm on q and k (QK-norm, Dehghani et
     al. 2023; weight on, ``eps=None`` = machine epsilon) → value residual v ← λ·v1 + (1 − λ)·v
     (ResFormer, Zhou et al. 2024; λ an unconstrained scalar initialised to 0.5) → RoPE on q and k →
-    SDPA (no mask, no dropout) → merge heads → ``proj``.
+    attention (no mask, no dropout) → merge heads → ``proj``.
 
     ``qk_norm_type="layernorm"`` uses LayerNorm(head_dim) with affine instead (LightningDiT / RAE with
     ``use_rmsnorm=False``; ``qk_norm_eps=None`` then means LayerNorm's 1e-5).
@@ -85,5 +102,5 @@ class Attention(nn.Module):
             v = self.v1_lambda * v1 + (1 - self.v1_lambda) * v
         if rope is not None:
             q, k = rope(q, pos_ids), rope(k, pos_ids)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d)), v_raw

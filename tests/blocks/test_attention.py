@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_modules.blocks import AdaLNModulation, Attention, Mlp, RMSNorm, RoPE2D, modulate
+from lightning_modules.blocks.attention import CPU_EXPLICIT_ATTENTION_MAX_TOKENS, dot_product_attention
 from tests.conftest import load_case, reference_cases, with_prefix
 
 
@@ -39,6 +40,23 @@ def test_attention_equals_hand_written_softmax(qk_norm: bool):
     torch.testing.assert_close(out, _by_hand(attn, x))
     expected_v = (x @ attn.qkv.weight[32:].T + attn.qkv.bias[32:]).reshape(2, 6, 4, 4).transpose(1, 2)
     torch.testing.assert_close(v, expected_v)
+
+
+@pytest.mark.parametrize("tokens", [16, CPU_EXPLICIT_ATTENTION_MAX_TOKENS, CPU_EXPLICIT_ATTENTION_MAX_TOKENS + 1])
+def test_dot_product_attention_matches_float32_sdpa_in_every_dtype_path(tokens: int):
+    """fp32 goes to SDPA unchanged; under bf16 autocast short sequences take the explicit path, long ones
+    SDPA; both agree with the fp32 result (values and gradients) to bf16 precision."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, tokens, 32, requires_grad=True) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(dot_product_attention(q, k, v), ref)
+    grads_ref = torch.autograd.grad(ref.sum(), (q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dot_product_attention(q, k, v)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=0)
+    for g, g_ref in zip(torch.autograd.grad(out.float().sum(), (q, k, v)), grads_ref):
+        torch.testing.assert_close(g, g_ref, atol=0.1, rtol=0.05)
 
 
 def test_value_residual_mixes_v1():

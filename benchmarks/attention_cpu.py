@@ -1,0 +1,85 @@
+"""Attention forward + backward on CPU: PyTorch's fused SDPA kernel against the explicit
+matmul-softmax-matmul, the measurement behind ``blocks.attention.dot_product_attention``.
+
+Shapes are those of the tiny CPU configs (SiT-S/4 on 8² tokens, the SiD2 U-ViT on 8² and 4²) and two
+longer sequences. Columns: milliseconds per forward + backward (median of ``--repeats``), the attention
+GFLOPs of one call (4·B·H·N²·Dh forward, ×3 with backward) and the achieved GFLOP/s; ``max err`` is
+the largest absolute deviation from a float32 SDPA reference.
+
+    python benchmarks/attention_cpu.py
+    python benchmarks/attention_cpu.py --markdown
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [  # (batch, heads, tokens, head_dim)
+    (64, 3, 64, 64),    # SiT-S/4 at 32² (configs/sit/tiny_cpu.yaml)
+    (64, 4, 64, 32),    # SiD2 tiny, 8² level
+    (64, 8, 16, 32),    # SiD2 tiny, 4² level
+    (16, 4, 256, 32),
+    (4, 6, 1024, 64),
+]
+
+
+def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
+
+
+def time_ms(fn, q, k, v, repeats: int) -> float:
+    def run() -> None:
+        fn(q, k, v).float().sum().backward()
+
+    for _ in range(3):
+        run()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - start)
+    return 1000 * statistics.median(samples)
+
+
+def rows(repeats: int) -> list[dict]:
+    out = []
+    for b, h, n, d in SHAPES:
+        gflop = 3 * 4 * b * h * n * n * d / 1e9
+        for dtype in (torch.float32, torch.bfloat16):
+            q, k, v = (torch.randn(b, h, n, d, dtype=dtype, requires_grad=True) for _ in range(3))
+            ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+            for name, fn in (("sdpa", F.scaled_dot_product_attention), ("explicit", explicit)):
+                ms = time_ms(fn, q, k, v, repeats)
+                with torch.no_grad():
+                    err = (fn(q, k, v).float() - ref).abs().max().item()
+                out.append(dict(shape=f"{b}×{h}×{n}×{d}", dtype=str(dtype).removeprefix("torch."), kernel=name,
+                                ms=ms, gflops=gflop, rate=gflop / (ms / 1000), err=err))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    table = rows(args.repeats)
+    if args.markdown:
+        print("| B×H×N×Dh | dtype | kernel | ms fwd+bwd | GFLOP | GFLOP/s | max err |")
+        print("|---|---|---|---|---|---|---|")
+        for r in table:
+            print(f"| {r['shape']} | {r['dtype']} | {r['kernel']} | {r['ms']:.1f} | {r['gflops']:.3f} | "
+                  f"{r['rate']:.0f} | {r['err']:.1e} |")
+        return
+    print(f"{'B×H×N×Dh':>14} {'dtype':>9} {'kernel':>9} {'ms':>8} {'GFLOP':>7} {'GFLOP/s':>8} {'max err':>8}")
+    for r in table:
+        print(f"{r['shape']:>14} {r['dtype']:>9} {r['kernel']:>9} {r['ms']:8.1f} {r['gflops']:7.3f} "
+              f"{r['rate']:8.0f} {r['err']:8.1e}")
+
+
+if __name__ == "__main__":
+    main()
