@@ -3,8 +3,9 @@ matmul-softmax-matmul, the measurement behind ``blocks.attention.dot_product_att
 
 Shapes are those of the tiny CPU configs (SiT-S/4 on 8² tokens, the SiD2 U-ViT on 8² and 4²) and two
 longer sequences. Columns: milliseconds per forward + backward (median of ``--repeats``), the attention
-GFLOPs of one call (4·B·H·N²·Dh forward, ×3 with backward) and the achieved GFLOP/s; ``max err`` is
-the largest absolute deviation from a float32 SDPA reference.
+GFLOPs of one call (4·B·H·N²·Dh forward, ×3 with backward), the achieved GFLOP/s and its fraction of
+this machine's 2048³ matmul peak for the dtype; ``max err`` is the largest absolute deviation from a
+float32 SDPA reference.
 
     python benchmarks/attention_cpu.py
     python benchmarks/attention_cpu.py --markdown
@@ -13,10 +14,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sit_step import matmul_peak_tflops  # noqa: E402
 
 SHAPES = [  # (batch, heads, tokens, head_dim)
     (64, 3, 64, 64),    # SiT-S/4 at 32² (configs/sit/tiny_cpu.yaml)
@@ -47,6 +54,7 @@ def time_ms(fn, q, k, v, repeats: int) -> float:
 
 def rows(repeats: int) -> list[dict]:
     out = []
+    peak = {dtype: matmul_peak_tflops(dtype) * 1000 for dtype in (torch.float32, torch.bfloat16)}  # GFLOP/s
     for b, h, n, d in SHAPES:
         gflop = 3 * 4 * b * h * n * n * d / 1e9
         for dtype in (torch.float32, torch.bfloat16):
@@ -57,7 +65,8 @@ def rows(repeats: int) -> list[dict]:
                 with torch.no_grad():
                     err = (fn(q, k, v).float() - ref).abs().max().item()
                 out.append(dict(shape=f"{b}×{h}×{n}×{d}", dtype=str(dtype).removeprefix("torch."), kernel=name,
-                                ms=ms, gflops=gflop, rate=gflop / (ms / 1000), err=err))
+                                ms=ms, gflops=gflop, rate=gflop / (ms / 1000), err=err,
+                                peak=100 * gflop / (ms / 1000) / peak[dtype]))
     return out
 
 
@@ -69,16 +78,16 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     table = rows(args.repeats)
     if args.markdown:
-        print("| B×H×N×Dh | dtype | kernel | ms fwd+bwd | GFLOP | GFLOP/s | max err |")
-        print("|---|---|---|---|---|---|---|")
+        print("| B×H×N×Dh | dtype | kernel | ms fwd+bwd | GFLOP | GFLOP/s | % matmul peak | max err |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in table:
             print(f"| {r['shape']} | {r['dtype']} | {r['kernel']} | {r['ms']:.1f} | {r['gflops']:.3f} | "
-                  f"{r['rate']:.0f} | {r['err']:.1e} |")
+                  f"{r['rate']:.0f} | {r['peak']:.1f} | {r['err']:.1e} |")
         return
-    print(f"{'B×H×N×Dh':>14} {'dtype':>9} {'kernel':>9} {'ms':>8} {'GFLOP':>7} {'GFLOP/s':>8} {'max err':>8}")
+    print(f"{'B×H×N×Dh':>14} {'dtype':>9} {'kernel':>9} {'ms':>8} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7} {'max err':>8}")
     for r in table:
         print(f"{r['shape']:>14} {r['dtype']:>9} {r['kernel']:>9} {r['ms']:8.1f} {r['gflops']:7.3f} "
-              f"{r['rate']:8.0f} {r['err']:8.1e}")
+              f"{r['rate']:8.0f} {r['peak']:7.1f} {r['err']:8.1e}")
 
 
 if __name__ == "__main__":
