@@ -13,17 +13,15 @@ float32 SDPA reference.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sit_step import matmul_peak_tflops  # noqa: E402
+from benchmarks.timing import matmul_peak_tflops, median_seconds  # noqa: E402
 
 SHAPES = [  # (batch, heads, tokens, head_dim)
     (64, 3, 64, 64),    # SiT-S/4 at 32² (configs/sit/tiny_cpu.yaml)
@@ -39,17 +37,7 @@ def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def time_ms(fn, q, k, v, repeats: int) -> float:
-    def run() -> None:
-        fn(q, k, v).float().sum().backward()
-
-    for _ in range(3):
-        run()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - start)
-    return 1000 * statistics.median(samples)
+    return 1000 * median_seconds(lambda: fn(q, k, v).float().sum().backward(), repeats)
 
 
 def rows(repeats: int) -> list[dict]:

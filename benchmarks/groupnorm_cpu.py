@@ -12,11 +12,15 @@ so the table gives element throughput instead of a fraction of the matmul peak.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import median_seconds  # noqa: E402
 
 SHAPES = [  # (batch, channels, height, width)
     (64, 64, 16, 16),   # configs/sid2/tiny_cpu.yaml, ResBlock level
@@ -25,17 +29,7 @@ SHAPES = [  # (batch, channels, height, width)
 
 
 def time_ms(norm: nn.GroupNorm, x: torch.Tensor, repeats: int) -> float:
-    def run() -> None:
-        norm(x).float().sum().backward()
-
-    for _ in range(3):
-        run()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - start)
-    return 1000 * statistics.median(samples)
+    return 1000 * median_seconds(lambda: norm(x).float().sum().backward(), repeats)
 
 
 def rows(repeats: int) -> list[dict]:

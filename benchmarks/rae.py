@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.sit_step import matmul_peak_tflops  # noqa: E402
+from benchmarks.timing import time_step  # noqa: E402
 from lightning_modules.flops import count_macs  # noqa: E402
 from lightning_modules.networks.ddt_head import DDTHead, DDTHeadConfig  # noqa: E402
 from lightning_modules.networks.dit import DiT, count_parameters, lightningdit_preset, official_parameter_count  # noqa: E402
@@ -121,8 +119,6 @@ def tiny_config(args: argparse.Namespace) -> DiTDHConfig:
 
 def run_one(args: argparse.Namespace) -> dict:
     """One timing row (in a fresh process, so max RSS is this row's)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     torch.set_num_threads(args.threads)
     from lightning_modules.diffusion import GuidedDenoiser
     from lightning_modules.diffusion.rae_flow import RAETransport
@@ -153,23 +149,8 @@ def run_one(args: argparse.Namespace) -> dict:
             with autocast:
                 transport.sample(denoise, torch.randn_like(x0), num_steps=args.sample_steps)
 
-    with FlopCounterMode(display=False) as counter:
-        work()
-    for _ in range(args.warmup):
-        work()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    seconds = sorted(times)[len(times) // 2]
-    flops = counter.get_total_flops()
-    peak = matmul_peak_tflops(torch.bfloat16 if args.precision == "bf16" else torch.float32)
-    return {
-        "what": args.what, "precision": args.precision, "ms": 1e3 * seconds, "gflops": flops / 1e9,
-        "tflops": flops / seconds / 1e12, "peak_tflops": peak, "peak_fraction": flops / seconds / 1e12 / peak,
-        "params_m": count_parameters(net) / 1e6, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    row = time_step(work, args.steps, args.warmup, args.precision)
+    return {"what": args.what, "params_m": count_parameters(net) / 1e6, **row}
 
 
 def print_table(header: list[str], rows: list[list]) -> None:

@@ -11,32 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def matmul_peak_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` throughput of an n×n×n matmul: the machine's practical peak for ``dtype``."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e12
+from benchmarks.timing import time_step  # noqa: E402
 
 
 def run_one(args: argparse.Namespace) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
     from lightning_modules import SiT
 
     torch.manual_seed(0)
@@ -54,24 +40,8 @@ def run_one(args: argparse.Namespace) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    with FlopCounterMode(display=False) as counter:
-        step()
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    seconds = sorted(times)[len(times) // 2]
-    flops = counter.get_total_flops()
-    peak = matmul_peak_tflops(torch.bfloat16 if args.precision == "bf16" else torch.float32)
-    return {
-        "model": args.model, "precision": args.precision, "ms": 1e3 * seconds, "gflops": flops / 1e9,
-        "tflops": flops / seconds / 1e12, "peak_fraction": flops / seconds / 1e12 / peak,
-        "params_m": sum(p.numel() for p in module.net.parameters()) / 1e6,
-        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    row = time_step(step, args.steps, args.warmup, args.precision)
+    return {"model": args.model, "params_m": sum(p.numel() for p in module.net.parameters()) / 1e6, **row}
 
 
 def main() -> None:

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.sit_step import matmul_peak_tflops  # noqa: E402
+from benchmarks.timing import time_step  # noqa: E402
 
 
 def tiny_module():
@@ -42,8 +40,6 @@ def tiny_module():
 
 
 def run_one(args: argparse.Namespace) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
     from lightning_modules.losses.speeddiff_loss import speeddiff_discriminator_losses
 
     torch.set_num_threads(args.threads)
@@ -70,22 +66,8 @@ def run_one(args: argparse.Namespace) -> dict:
         disc_opt.step()
         disc_opt.zero_grad(set_to_none=True)
 
-    with FlopCounterMode(display=False) as counter:
-        work()
-    for _ in range(args.warmup):
-        work()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    seconds = sorted(times)[len(times) // 2]
-    flops = counter.get_total_flops()
-    peak = matmul_peak_tflops(torch.bfloat16 if args.precision == "bf16" else torch.float32)
     trained = sum(p.numel() for p in module.trainable_parameters())
-    return {"precision": args.precision, "ms": 1e3 * seconds, "gflops": flops / 1e9, "tflops": flops / seconds / 1e12,
-            "peak_tflops": peak, "peak_fraction": flops / seconds / 1e12 / peak, "params_m": trained / 1e6,
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"params_m": trained / 1e6, **time_step(work, args.steps, args.warmup, args.precision)}
 
 
 def main() -> None:

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sit_step import matmul_peak_tflops  # noqa: E402
+from benchmarks.timing import time_step  # noqa: E402
 
 
 def b1(input_size: int = 16, **kw):
@@ -109,8 +107,6 @@ def flops_table() -> list[tuple[str, float]]:
 
 def run_step(row: str, precision: str, steps: int, warmup: int) -> dict:
     """One training-step timing row (runs in its own process so max RSS is this row's)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     torch.manual_seed(0)
     if row == "tiny":
         module, batch_size, res = tiny()
@@ -137,21 +133,7 @@ def run_step(row: str, precision: str, steps: int, warmup: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    with FlopCounterMode(display=False) as counter:
-        step()
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    seconds = sorted(times)[len(times) // 2]
-    flops = counter.get_total_flops()
-    peak = matmul_peak_tflops(torch.bfloat16 if precision == "bf16" else torch.float32)
-    return {"name": name, "precision": precision, "ms": 1e3 * seconds, "gflops": flops / 1e9,
-            "tflops": flops / seconds / 1e12, "peak_fraction": flops / seconds / 1e12 / peak,
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"name": name, **time_step(step, steps, warmup, precision)}
 
 
 def main() -> None:

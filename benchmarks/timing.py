@@ -1,0 +1,54 @@
+"""Timing shared by the scripts in ``benchmarks/``: the median wall time of a callable, the machine's matmul
+peak, and one training-step row (time, model FLOPs, achieved fraction of the peak, max RSS)."""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def matmul_peak_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` throughput of an n×n×n matmul: the machine's practical peak for ``dtype``."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e12
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def max_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_step(step: Callable[[], object], steps: int, warmup: int, precision: str) -> dict:
+    """One row: ``step``'s FLOPs (counted on a first call), its median time over ``steps`` calls after
+    ``warmup``, the achieved TFLOP/s and its fraction of the matmul peak for ``precision`` ("fp32" / "bf16")."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    seconds = median_seconds(step, steps, warmup)
+    flops = counter.get_total_flops()
+    peak = matmul_peak_tflops(torch.bfloat16 if precision == "bf16" else torch.float32)
+    tflops = flops / seconds / 1e12
+    return {"precision": precision, "ms": 1e3 * seconds, "gflops": flops / 1e9, "tflops": tflops,
+            "peak_tflops": peak, "peak_fraction": tflops / peak, "max_rss_mb": max_rss_mb()}
