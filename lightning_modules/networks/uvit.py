@@ -282,7 +282,7 @@ class UViT(nn.Module):
         c = self.condition(logsnr, y, force_drop)
         side = cfg.base_size
         h = self.stem(patchify(z, cfg.patch_size))  # space-to-depth, then linear: (B, side², C0)
-        h = h.transpose(1, 2).reshape(b, -1, side, side).contiguous()  # NCHW: CPU GroupNorm ~5x slower channels-last
+        h = h.transpose(1, 2).reshape(b, -1, side, side).contiguous()  # NCHW: CPU GroupNorm 4-17x slower channels-last
         h = F.silu(self.norm_out(self.trunk(h, c)))
         out = self.head(h.flatten(2).transpose(1, 2))
         return unpatchify(out, cfg.patch_size, cfg.in_channels, height, width)
