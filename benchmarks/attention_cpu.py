@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.tables import print_table  # noqa: E402
 from benchmarks.timing import matmul_peak_tflops, median_seconds  # noqa: E402
 
 SHAPES = [  # (batch, heads, tokens, head_dim)
@@ -64,18 +65,10 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    table = rows(args.repeats)
-    if args.markdown:
-        print("| B×H×N×Dh | dtype | kernel | ms fwd+bwd | GFLOP | GFLOP/s | % matmul peak | max err |")
-        print("|---|---|---|---|---|---|---|---|")
-        for r in table:
-            print(f"| {r['shape']} | {r['dtype']} | {r['kernel']} | {r['ms']:.1f} | {r['gflops']:.3f} | "
-                  f"{r['rate']:.0f} | {r['peak']:.1f} | {r['err']:.1e} |")
-        return
-    print(f"{'B×H×N×Dh':>14} {'dtype':>9} {'kernel':>9} {'ms':>8} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7} {'max err':>8}")
-    for r in table:
-        print(f"{r['shape']:>14} {r['dtype']:>9} {r['kernel']:>9} {r['ms']:8.1f} {r['gflops']:7.3f} "
-              f"{r['rate']:8.0f} {r['peak']:7.1f} {r['err']:8.1e}")
+    header = ["B×H×N×Dh", "dtype", "kernel", "ms fwd+bwd", "GFLOP", "GFLOP/s", "% matmul peak", "max err"]
+    table = [[r["shape"], r["dtype"], r["kernel"], f"{r['ms']:.1f}", f"{r['gflops']:.3f}", f"{r['rate']:.0f}",
+              f"{r['peak']:.1f}", f"{r['err']:.1e}"] for r in rows(args.repeats)]
+    print_table(header, table, args.markdown)
 
 
 if __name__ == "__main__":

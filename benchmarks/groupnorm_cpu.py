@@ -20,6 +20,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.tables import print_table  # noqa: E402
 from benchmarks.timing import median_seconds  # noqa: E402
 
 SHAPES = [  # (batch, channels, height, width)
@@ -58,16 +59,10 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    table = rows(args.repeats)
-    if args.markdown:
-        print("| B×C×H×W | dtype | layout | ms fwd+bwd | Gelem/s | max diff to NCHW |")
-        print("|---|---|---|---|---|---|")
-        for r in table:
-            print(f"| {r['shape']} | {r['dtype']} | {r['layout']} | {r['ms']:.2f} | {r['rate']:.2f} | {r['err']:.1e} |")
-        return
-    print(f"{'B×C×H×W':>14} {'dtype':>9} {'layout':>14} {'ms':>8} {'Gelem/s':>8} {'max diff':>9}")
-    for r in table:
-        print(f"{r['shape']:>14} {r['dtype']:>9} {r['layout']:>14} {r['ms']:8.2f} {r['rate']:8.2f} {r['err']:9.1e}")
+    header = ["B×C×H×W", "dtype", "layout", "ms fwd+bwd", "Gelem/s", "max diff to NCHW"]
+    table = [[r["shape"], r["dtype"], r["layout"], f"{r['ms']:.2f}", f"{r['rate']:.2f}", f"{r['err']:.1e}"]
+             for r in rows(args.repeats)]
+    print_table(header, table, args.markdown)
 
 
 if __name__ == "__main__":

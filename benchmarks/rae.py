@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.tables import print_table  # noqa: E402
 from benchmarks.timing import time_step  # noqa: E402
 from lightning_modules.flops import count_macs  # noqa: E402
 from lightning_modules.networks.ddt_head import DDTHead, DDTHeadConfig  # noqa: E402
@@ -151,12 +152,6 @@ def run_one(args: argparse.Namespace) -> dict:
 
     row = time_step(work, args.steps, args.warmup, args.precision)
     return {"what": args.what, "params_m": count_parameters(net) / 1e6, **row}
-
-
-def print_table(header: list[str], rows: list[list]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for row in [header, *rows]:
-        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.tables import print_table  # noqa: E402
 from lightning_modules.networks.uvit import UViT, measured_gflops, uvit_formula_gflops, uvit_preset  # noqa: E402
 
 
@@ -46,15 +47,7 @@ def main() -> None:
               "counted/A.2", "A.2 GFLOPs/train step"]
     table = [[r["preset"], r["resolution"], r["patch"], r["top"], f"{r['params']:.1f}", f"{r['formula']:.1f}",
               f"{r['measured']:.1f}", f"{r['measured'] / r['formula']:.3f}", f"{r['train']:.1f}"] for r in rows()]
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for row in table:
-            print("| " + " | ".join(str(c) for c in row) + " |")
-        return
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
-    for row in [header, *table]:
-        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+    print_table(header, table, args.markdown)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.tables import print_table  # noqa: E402
 from lightning_modules.flops import count_macs  # noqa: E402
 from lightning_modules.networks.dit import DiT, count_parameters, official_parameter_count, refined_dit_preset  # noqa: E402
 from lightning_modules.networks.vit_vae import ViTVAE, vit_vae_preset  # noqa: E402
@@ -86,9 +87,7 @@ def main() -> None:
             f"{r['gflops']:.2f}", f"{p_gflops:.2f}", f"{(r['gflops'] - p_gflops) / p_gflops:+.3%}",
             f"{r['gflops_with_attention']:.2f}",
         ])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
-    for row in [header, *table]:
-        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+    print_table(header, table)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.tables import print_table  # noqa: E402
 from benchmarks.timing import time_step  # noqa: E402
 
 
@@ -92,9 +93,7 @@ def main() -> None:
     header = ["precision", "ms/step", "GFLOPs/step", "TFLOP/s", "matmul peak TFLOP/s", "% of peak", "max RSS (MB)"]
     table = [[r["precision"], f"{r['ms']:.1f}", f"{r['gflops']:.2f}", f"{r['tflops']:.3f}", f"{r['peak_tflops']:.3f}",
               f"{100 * r['peak_fraction']:.1f}", f"{r['max_rss_mb']:.0f}"] for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
-    for row in [header, *table]:
-        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+    print_table(header, table)
 
 
 if __name__ == "__main__":
