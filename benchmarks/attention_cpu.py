@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.tables import print_table  # noqa: E402
 from benchmarks.timing import matmul_peak_tflops, median_seconds  # noqa: E402
+from lightning_modules.blocks.attention import explicit_attention  # noqa: E402
 
 SHAPES = [  # (batch, heads, tokens, head_dim)
     (64, 3, 64, 64),    # SiT-S/4 at 32² (configs/sit/tiny_cpu.yaml)
@@ -31,10 +32,6 @@ SHAPES = [  # (batch, heads, tokens, head_dim)
     (16, 4, 256, 32),
     (4, 6, 1024, 64),
 ]
-
-
-def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
 
 
 def time_ms(fn, q, k, v, repeats: int) -> float:
@@ -49,7 +46,7 @@ def rows(repeats: int) -> list[dict]:
         for dtype in (torch.float32, torch.bfloat16):
             q, k, v = (torch.randn(b, h, n, d, dtype=dtype, requires_grad=True) for _ in range(3))
             ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
-            for name, fn in (("sdpa", F.scaled_dot_product_attention), ("explicit", explicit)):
+            for name, fn in (("sdpa", F.scaled_dot_product_attention), ("explicit", explicit_attention)):
                 ms = time_ms(fn, q, k, v, repeats)
                 with torch.no_grad():
                     err = (fn(q, k, v).float() - ref).abs().max().item()

@@ -23,6 +23,11 @@ def _qk_norm(kind: str, head_dim: int, eps: float | None) -> nn.Module:
 CPU_EXPLICIT_ATTENTION_MAX_TOKENS = 256
 
 
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q kᵀ/√Dh) v (Vaswani et al. 2017, eq. 1) as two matmuls and a softmax, in the inputs' dtype."""
+    return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
+
+
 def dot_product_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q kᵀ/√Dh) v on (B, heads, N, Dh) (Vaswani et al. 2017, eq. 1): SDPA, or the explicit
     form where it is faster (half precision on CPU, N ≤ ``CPU_EXPLICIT_ATTENTION_MAX_TOKENS``)."""
@@ -30,9 +35,7 @@ def dot_product_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     short = q.shape[-2] <= CPU_EXPLICIT_ATTENTION_MAX_TOKENS and k.shape[-2] <= CPU_EXPLICIT_ATTENTION_MAX_TOKENS
     if q.device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16) or not short:
         return F.scaled_dot_product_attention(q, k, v)
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)  # what SDPA's autocast would do
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    return scores.softmax(-1) @ v
+    return explicit_attention(q.to(dtype), k.to(dtype), v.to(dtype))  # the cast SDPA's autocast would do
 
 
 class Attention(nn.Module):
