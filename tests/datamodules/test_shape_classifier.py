@@ -16,7 +16,7 @@ RESOLUTION = 32
 
 @pytest.fixture(scope="module")
 def classifier() -> torch.nn.Module:
-    # ~25 s on 2 cores: about 80 % of held-out shapes (the full default recipe, ~3 min, names 99-100 %)
+    # ~25 s on 2 cores: about 80 % of held-out shapes (the default recipe, ~3 min, names 2,000 of 2,000)
     return train_shape_classifier(RESOLUTION, num_images=6000, epochs=2, batch_size=64, progress=False)
 
 
