@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.tables import print_table  # noqa: E402
-from benchmarks.timing import time_step  # noqa: E402
+from benchmarks.timing import row_in_subprocess, time_step  # noqa: E402
 from lightning_modules.flops import count_macs  # noqa: E402
 from lightning_modules.networks.ddt_head import DDTHead, DDTHeadConfig  # noqa: E402
 from lightning_modules.networks.dit import DiT, count_parameters, lightningdit_preset, official_parameter_count  # noqa: E402
@@ -194,9 +193,7 @@ def main() -> None:
     timing = []
     for what in ("train", "sample"):
         for precision in ("fp32", "bf16"):
-            out = subprocess.run([sys.executable, __file__, *own, "--precision", precision, "--what", what],
-                                 capture_output=True, text=True, check=True)
-            timing.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            timing.append(row_in_subprocess(__file__, [*own, "--precision", precision, "--what", what]))
     print(f"Tiny DiT^DH on CPU: torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, "
           f"latent {args.channels}x{args.input_size}x{args.input_size}, {timing[0]['params_m']:.2f} M params; "
           f"'sample' = {args.sample_steps}-step Euler ODE")

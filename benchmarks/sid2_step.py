@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.tables import print_table  # noqa: E402
-from benchmarks.timing import time_step  # noqa: E402
+from benchmarks.timing import recipe_training_step, row_in_subprocess, time_step  # noqa: E402
 
 CONFIG = ROOT / "configs" / "sid2" / "tiny_cpu.yaml"
 
@@ -48,15 +47,7 @@ def run_one(args: argparse.Namespace) -> dict:
     opt = module.configure_optimizers()["optimizer"]   # the recipe's own AdamW (no weight decay: Adam)
     batch = {"image": torch.rand(batch_size, 3, resolution, resolution) * 2 - 1,
              "label": torch.randint(0, num_classes, (batch_size,))}
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
-
-    def step() -> None:
-        with autocast:
-            loss = module.compute_losses(batch)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step = recipe_training_step(module, batch, opt, args.precision)
     row = time_step(step, args.steps, args.warmup, args.precision)
     params = sum(p.numel() for p in module.net.parameters()) / 1e6
     return {"params_m": params, "batch": batch_size, "resolution": resolution, **row}
@@ -76,9 +67,7 @@ def main() -> None:
     rows = []
     for precision in ("fp32", "bf16"):
         argv = [a for a in sys.argv[1:] if a != "--markdown"]
-        out = subprocess.run([sys.executable, __file__, *argv, "--precision", precision],
-                             capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r = row_in_subprocess(__file__, [*argv, "--precision", precision])
         name = f"SiD2 tiny_cpu.yaml{' ' + ' '.join(args.set) if args.set else ''}, batch {r['batch']}, {r['resolution']}² px"
         rows.append([name, f"{r['params_m']:.2f}", precision, f"{r['ms']:.1f}", f"{r['gflops']:.2f}",
                      f"{r['tflops']:.3f}", f"{100 * r['peak_fraction']:.1f}", f"{r['max_rss_mb']:.0f}"])

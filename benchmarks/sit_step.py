@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import time_step  # noqa: E402
+from benchmarks.timing import recipe_training_step, row_in_subprocess, time_step  # noqa: E402
 
 
 def run_one(args: argparse.Namespace) -> dict:
@@ -31,15 +30,7 @@ def run_one(args: argparse.Namespace) -> dict:
     opt = torch.optim.AdamW(module.net.parameters(), lr=1e-4)
     batch = {"image": torch.randn(args.batch, args.in_channels, args.input_size, args.input_size),
              "label": torch.randint(0, 1000, (args.batch,))}
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
-
-    def step() -> None:
-        with autocast:
-            loss = module.compute_losses(batch)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step = recipe_training_step(module, batch, opt, args.precision)
     row = time_step(step, args.steps, args.warmup, args.precision)
     return {"model": args.model, "params_m": sum(p.numel() for p in module.net.parameters()) / 1e6, **row}
 
@@ -62,9 +53,7 @@ def main() -> None:
         return
     rows = []
     for precision in ("fp32", "bf16"):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--precision", precision],
-                             capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(row_in_subprocess(__file__, [*sys.argv[1:], "--precision", precision]))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     print("| model | params (M) | precision | ms/step | GFLOPs/step | TFLOP/s | % matmul peak | max RSS (MB) |")
     print("|---|---|---|---|---|---|---|---|")

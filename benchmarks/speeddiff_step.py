@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.tables import print_table  # noqa: E402
-from benchmarks.timing import time_step  # noqa: E402
+from benchmarks.timing import row_in_subprocess, time_step  # noqa: E402
 
 
 def tiny_module():
@@ -85,9 +84,7 @@ def main() -> None:
         return
     rows = []
     for precision in ("fp32", "bf16"):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--precision", precision],
-                             capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(row_in_subprocess(__file__, [*sys.argv[1:], "--precision", precision]))
     print(f"SpeedDiff tiny joint step (configs/speeddiff/tiny_cpu.yaml networks) on CPU: torch {torch.__version__}, "
           f"{args.threads} thread(s), batch {args.batch}, {rows[0]['params_m']:.2f} M trained parameters")
     header = ["precision", "ms/step", "GFLOPs/step", "TFLOP/s", "matmul peak TFLOP/s", "% of peak", "max RSS (MB)"]

@@ -1,9 +1,13 @@
 """Timing shared by the scripts in ``benchmarks/``: the median wall time of a callable, the machine's matmul
-peak, and one training-step row (time, model FLOPs, achieved fraction of the peak, max RSS)."""
+peak, one training-step row (time, model FLOPs, achieved fraction of the peak, max RSS), a recipe's training
+step, and a row timed in its own process."""
 from __future__ import annotations
 
+import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -52,3 +56,26 @@ def time_step(step: Callable[[], object], steps: int, warmup: int, precision: st
     tflops = flops / seconds / 1e12
     return {"precision": precision, "ms": 1e3 * seconds, "gflops": flops / 1e9, "tflops": tflops,
             "peak_tflops": peak, "peak_fraction": tflops / peak, "max_rss_mb": max_rss_mb()}
+
+
+def recipe_training_step(module: torch.nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
+                         precision: str) -> Callable[[], None]:
+    """One optimisation step of a recipe on ``batch``: ``module.compute_losses(batch)["loss"]`` (under CPU bf16
+    autocast when ``precision`` is "bf16"), backward, ``optimizer.step()``, gradients cleared."""
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step() -> None:
+        with autocast:
+            loss = module.compute_losses(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def row_in_subprocess(script: str, argv: list[str]) -> dict:
+    """Run ``python script *argv`` in a fresh process (so its max RSS is that row's alone) and return the JSON row
+    it prints last."""
+    out = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
