@@ -11,7 +11,6 @@ matmul peak for the dtype, and peak resident memory (each row in its own subproc
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.tables import print_table  # noqa: E402
-from benchmarks.timing import recipe_training_step, row_in_subprocess, time_step  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    add_step_arguments, recipe_training_step, rows_by_precision, time_step,
+)
 
 CONFIG = ROOT / "configs" / "sid2" / "tiny_cpu.yaml"
 
@@ -56,18 +57,14 @@ def run_one(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", action="append", default=[], help="model override key=value (repeatable)")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--markdown", action="store_true")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="one row only (internal)")
+    add_step_arguments(parser, steps=10, warmup=3)
     args = parser.parse_args()
-    if args.precision:
-        print(json.dumps(run_one(args)))
+    timed = rows_by_precision(args, __file__, [a for a in sys.argv[1:] if a != "--markdown"], run_one)
+    if timed is None:
         return
     rows = []
-    for precision in ("fp32", "bf16"):
-        argv = [a for a in sys.argv[1:] if a != "--markdown"]
-        r = row_in_subprocess(__file__, [*argv, "--precision", precision])
+    for precision, r in zip(("fp32", "bf16"), timed):
         name = f"SiD2 tiny_cpu.yaml{' ' + ' '.join(args.set) if args.set else ''}, batch {r['batch']}, {r['resolution']}² px"
         rows.append([name, f"{r['params_m']:.2f}", precision, f"{r['ms']:.1f}", f"{r['gflops']:.2f}",
                      f"{r['tflops']:.3f}", f"{100 * r['peak_fraction']:.1f}", f"{r['max_rss_mb']:.0f}"])

@@ -10,7 +10,6 @@ peak for that dtype, and peak resident memory of the process (each row in its ow
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,7 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import recipe_training_step, row_in_subprocess, time_step  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    add_step_arguments, recipe_training_step, rows_by_precision, time_step,
+)
 
 
 def run_one(args: argparse.Namespace) -> dict:
@@ -44,16 +45,11 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=192)
     parser.add_argument("--heads", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="one row only (internal)")
+    add_step_arguments(parser, steps=10, warmup=2)
     args = parser.parse_args()
-    if args.precision:
-        print(json.dumps(run_one(args)))
+    rows = rows_by_precision(args, __file__, sys.argv[1:], run_one)
+    if rows is None:
         return
-    rows = []
-    for precision in ("fp32", "bf16"):
-        rows.append(row_in_subprocess(__file__, [*sys.argv[1:], "--precision", precision]))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")
     print("| model | params (M) | precision | ms/step | GFLOPs/step | TFLOP/s | % matmul peak | max RSS (MB) |")
     print("|---|---|---|---|---|---|---|---|")

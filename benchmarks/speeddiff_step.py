@@ -11,7 +11,6 @@ forward + backward); peak = best of a few 2048³ matmuls of the same dtype. No o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.tables import print_table  # noqa: E402
-from benchmarks.timing import row_in_subprocess, time_step  # noqa: E402
+from benchmarks.timing import add_step_arguments, rows_by_precision, time_step  # noqa: E402
 
 
 def tiny_module():
@@ -73,18 +72,13 @@ def run_one(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads for the timings and the matmul peak (1: robust on a shared machine)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="one row only (internal)")
+    add_step_arguments(parser, steps=5, warmup=1)
     args = parser.parse_args()
-    if args.precision:
-        print(json.dumps(run_one(args)))
+    rows = rows_by_precision(args, __file__, sys.argv[1:], run_one)
+    if rows is None:
         return
-    rows = []
-    for precision in ("fp32", "bf16"):
-        rows.append(row_in_subprocess(__file__, [*sys.argv[1:], "--precision", precision]))
     print(f"SpeedDiff tiny joint step (configs/speeddiff/tiny_cpu.yaml networks) on CPU: torch {torch.__version__}, "
           f"{args.threads} thread(s), batch {args.batch}, {rows[0]['params_m']:.2f} M trained parameters")
     header = ["precision", "ms/step", "GFLOPs/step", "TFLOP/s", "matmul peak TFLOP/s", "% of peak", "max RSS (MB)"]

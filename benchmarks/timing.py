@@ -1,8 +1,9 @@
 """Timing shared by the scripts in ``benchmarks/``: the median wall time of a callable, the machine's matmul
 peak, one training-step row (time, model FLOPs, achieved fraction of the peak, max RSS), a recipe's training
-step, and a row timed in its own process."""
+step, a row timed in its own process, and the command-line plumbing of the per-precision step scripts."""
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import statistics
@@ -79,3 +80,20 @@ def row_in_subprocess(script: str, argv: list[str]) -> dict:
     it prints last."""
     out = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def add_step_arguments(parser: argparse.ArgumentParser, steps: int, warmup: int) -> None:
+    """``--steps`` / ``--warmup`` (timed and untimed steps) and the internal one-row ``--precision`` switch."""
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="one row only (internal)")
+
+
+def rows_by_precision(args: argparse.Namespace, script: str, argv: list[str],
+                      run_one: Callable[[argparse.Namespace], dict]) -> list[dict] | None:
+    """In the child (``--precision`` given): print ``run_one(args)`` as the JSON row and return None. In the parent:
+    the fp32 and bf16 rows, each timed by ``script *argv --precision P`` in its own process."""
+    if args.precision:
+        print(json.dumps(run_one(args)))
+        return None
+    return [row_in_subprocess(script, [*argv, "--precision", precision]) for precision in ("fp32", "bf16")]
