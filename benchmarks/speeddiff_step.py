@@ -19,7 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.tables import print_table  # noqa: E402
-from benchmarks.timing import add_step_arguments, rows_by_precision, time_step  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    add_step_arguments, recipe_training_step, rows_by_precision, time_step,
+)
 
 
 def tiny_module():
@@ -50,13 +52,11 @@ def run_one(args: argparse.Namespace) -> dict:
     batch = {"image": torch.rand(args.batch, 3, 32, 32) * 2 - 1, "label": torch.randint(0, 10, (args.batch,))}
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
+    joint_step = recipe_training_step(module, batch, main_opt, args.precision)
+
     def work() -> None:
-        with autocast:
-            loss = module.compute_losses(batch)["loss"]
-        loss.backward()
-        main_opt.step()
-        main_opt.zero_grad(set_to_none=True)
-        module.discriminator.zero_grad(set_to_none=True)
+        joint_step()
+        module.discriminator.zero_grad(set_to_none=True)  # the generator loss left gradients on D; main_opt skips it
         module.discriminator.train()
         with autocast:
             d = speeddiff_discriminator_losses(module.discriminator, batch["image"], module._reconstruction,
