@@ -64,9 +64,9 @@ def main() -> None:
     if timed is None:
         return
     rows = []
-    for precision, r in zip(("fp32", "bf16"), timed):
+    for r in timed:
         name = f"SiD2 tiny_cpu.yaml{' ' + ' '.join(args.set) if args.set else ''}, batch {r['batch']}, {r['resolution']}² px"
-        rows.append([name, f"{r['params_m']:.2f}", precision, f"{r['ms']:.1f}", f"{r['gflops']:.2f}",
+        rows.append([name, f"{r['params_m']:.2f}", r["precision"], f"{r['ms']:.1f}", f"{r['gflops']:.2f}",
                      f"{r['tflops']:.3f}", f"{100 * r['peak_fraction']:.1f}", f"{r['max_rss_mb']:.0f}"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     header = ["model", "params (M)", "precision", "ms/step", "GFLOPs/step", "TFLOP/s", "% matmul peak", "max RSS (MB)"]
