@@ -26,6 +26,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_modules.checkpoints.safe_load import safe_torch_load
+from lightning_modules.process_group import leave_process_group
 from lightning_modules.recipe import CheckpointMismatchError
 
 
@@ -89,8 +90,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
 
 
 def main() -> None:
-    """Console-script entry point (returns None so the exit status is 0 on success)."""
+    """Console-script entry point (returns None so the exit status is 0 on success); a multi-process run's
+    ranks leave their process group together (``process_group.py``: a gloo group can abort the exit otherwise)."""
     build_cli()
+    leave_process_group()
 
 
 if __name__ == "__main__":

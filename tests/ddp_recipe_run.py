@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lightning_modules.cli import build_cli  # noqa: E402
+from lightning_modules.process_group import leave_process_group  # noqa: E402
 
 
 def gathered_state(cli) -> list:
@@ -42,6 +43,7 @@ def main(out: str, config: str, overrides: list[str]) -> None:
     resumed = gathered_state(build_cli([*args, "--ckpt_path", str(Path("ckpt") / "step=2.ckpt")]))
     if torch.distributed.get_rank() == 0:
         torch.save({"uninterrupted": uninterrupted, "resumed": resumed}, out)
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from callbacks.checkpointing import AtomicModelCheckpoint  # noqa: E402
 from callbacks.ema import EMA  # noqa: E402
 from lightning_modules.cli import build_cli  # noqa: E402
+from lightning_modules.process_group import leave_process_group  # noqa: E402
 from lightning_modules.recipe import decorrelate_rank_rng  # noqa: E402
 from tests.callbacks.toy_recipe import full_parameters  # noqa: E402
 
@@ -222,8 +223,7 @@ def main(out: str, config: str, overrides: list[str]) -> None:
     result["resumed"] = summary(module, record, ema, WORLD)
     if torch.distributed.get_rank() == 0:
         torch.save(result, out)
-
-
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.loaders import train_loader  # noqa: E402
+from lightning_modules.process_group import leave_process_group  # noqa: E402
 from tests.callbacks.toy_recipe import RecordTrajectory, ToyData, ToyRecipe  # noqa: E402
 
 NAN_STEP, NAN_RANK = 2, 1
@@ -58,6 +59,7 @@ def main(world_size: int, out: str, steps: int = 4) -> None:
     if trainer.global_rank == 0:
         torch.save({"trajectory": recorder.trajectory, "nonfinite_steps": module.nonfinite_steps, "seen": seen,
                     "param_type": type(next(module.net.parameters())).__name__}, out)
+    leave_process_group()
 
 
 if __name__ == "__main__":

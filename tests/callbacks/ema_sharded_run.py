@@ -12,6 +12,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from callbacks.ema import EMA  # noqa: E402
+from lightning_modules.process_group import leave_process_group  # noqa: E402
 from tests.callbacks.toy_recipe import RecordTrajectory, ToyRecipe, toy_loader  # noqa: E402
 
 
@@ -28,6 +29,7 @@ def main(world_size: int, out: str, steps: int = 6, decay: float = 0.8) -> None:
     sharded = type(next(module.net.parameters())).__name__
     if trainer.global_rank == 0:
         torch.save({"ema": state, "trajectory": recorder.trajectory, "param_type": sharded}, out)
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from callbacks.evaluation import Evaluation  # noqa: E402
 from callbacks.metrics import FID, KDD, InceptionScore, PrecisionRecall  # noqa: E402
+from lightning_modules.process_group import leave_process_group  # noqa: E402
 from tests.callbacks.metrics.eval_toy import EvalToyRecipe, image_loader, tiny_dinov2, tiny_inception  # noqa: E402
 
 NUM_SAMPLES, BATCH = 18, 4  # 5 global batches: uneven over 2 ranks, so one rank draws a discarded batch
@@ -60,6 +61,7 @@ def main(world_size: int, out: str, case: str | None = None) -> None:
         result["split_metrics"] = split_metrics(case, trainer.global_rank, trainer.world_size)
     if trainer.global_rank == 0:
         torch.save(result, out)
+    leave_process_group()
 
 
 if __name__ == "__main__":
