@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.tables import print_table  # noqa: E402
 from benchmarks.timing import matmul_peak_tflops, median_seconds  # noqa: E402
-from lightning_modules.blocks.attention import explicit_attention  # noqa: E402
+from speedrun_diffusion.lightning_modules.blocks.attention import explicit_attention  # noqa: E402
 
 SHAPES = [  # (batch, heads, tokens, head_dim)
     (64, 3, 64, 64),    # SiT-S/4 at 32² (configs/sit/tiny_cpu.yaml)

@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks.features import DINOv2Features, InceptionFeatures  # noqa: E402
-from callbacks.metrics import FID, KDD, InceptionScore, PrecisionRecall  # noqa: E402
+from speedrun_diffusion.callbacks.features import DINOv2Features, InceptionFeatures  # noqa: E402
+from speedrun_diffusion.callbacks.metrics import FID, KDD, InceptionScore, PrecisionRecall  # noqa: E402
 from tests.callbacks.metrics.eval_toy import tiny_dinov2, tiny_inception  # noqa: E402
 
 

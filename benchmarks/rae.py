@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.tables import print_table  # noqa: E402
 from benchmarks.timing import row_in_subprocess, time_step  # noqa: E402
-from lightning_modules.flops import count_macs  # noqa: E402
-from lightning_modules.networks.ddt_head import DDTHead, DDTHeadConfig  # noqa: E402
-from lightning_modules.networks.dit import DiT, count_parameters, lightningdit_preset, official_parameter_count  # noqa: E402
-from lightning_modules.networks.ditdh import DiTDH, DiTDHConfig, ditdh_preset  # noqa: E402
+from speedrun_diffusion.lightning_modules.flops import count_macs  # noqa: E402
+from speedrun_diffusion.lightning_modules.networks.ddt_head import DDTHead, DDTHeadConfig  # noqa: E402
+from speedrun_diffusion.lightning_modules.networks.dit import DiT, count_parameters, lightningdit_preset, official_parameter_count  # noqa: E402
+from speedrun_diffusion.lightning_modules.networks.ditdh import DiTDH, DiTDHConfig, ditdh_preset  # noqa: E402
 
 # RAE paper figures: Table 18 (DiT^DH-XL params / GFLOPs at 256 and 512), Table 15 (head GFLOPs).
 PAPER = {"DiTDH-XL@256": (839.0, 145.03), "DiTDH-XL@512": (839.0, 638.83),
@@ -95,7 +95,7 @@ def full_size_rows() -> list[dict]:
                          gflops=macs.paper / 1e9, gflops_attn=macs.total / 1e9, counter=flops,
                          adaln=per_token_adaln_gmacs(head, xl.backbone.num_tokens)))
     try:
-        from lightning_modules.networks.rae_decoder import RAEDecoder, rae_decoder_preset
+        from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, rae_decoder_preset
     except ImportError:
         print("(lightning_modules.networks.rae_decoder not found: decoder rows skipped)")
         return rows
@@ -120,9 +120,9 @@ def tiny_config(args: argparse.Namespace) -> DiTDHConfig:
 def run_one(args: argparse.Namespace) -> dict:
     """One timing row (in a fresh process, so max RSS is this row's)."""
     torch.set_num_threads(args.threads)
-    from lightning_modules.diffusion import GuidedDenoiser
-    from lightning_modules.diffusion.rae_flow import RAETransport
-    from lightning_modules.losses.rae_transport import rae_transport_loss
+    from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser
+    from speedrun_diffusion.lightning_modules.diffusion.rae_flow import RAETransport
+    from speedrun_diffusion.lightning_modules.losses.rae_transport import rae_transport_loss
 
     torch.manual_seed(0)
     net = DiTDH(tiny_config(args))

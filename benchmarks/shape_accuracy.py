@@ -22,20 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.tables import print_table  # noqa: E402
-from callbacks.autoguidance import guide_weights_from_checkpoint  # noqa: E402
-from datamodules.shape_classifier import (  # noqa: E402
+from speedrun_diffusion.callbacks.autoguidance import guide_weights_from_checkpoint  # noqa: E402
+from speedrun_diffusion.datamodules.shape_classifier import (  # noqa: E402
     ShapeClassifier, render_dataset, shape_accuracy, train_shape_classifier,
 )
-from datamodules.synthetic import SyntheticImages  # noqa: E402
-from lightning_modules.checkpoints.safe_load import safe_torch_load  # noqa: E402
-from lightning_modules.rae import ema_shadow  # noqa: E402
+from speedrun_diffusion.datamodules.synthetic import SyntheticImages  # noqa: E402
+from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load  # noqa: E402
+from speedrun_diffusion.lightning_modules.rae import ema_shadow  # noqa: E402
 
 
 def load_recipe(path: str, use_ema: bool = True):
     """The recipe that wrote a Lightning checkpoint, with its weights (the EMA shadow for ``net`` if present)."""
     checkpoint = safe_torch_load(path)
     name = checkpoint.get("recipe")
-    if not name or not str(name).startswith("lightning_modules."):
+    if not name or not str(name).startswith("speedrun_diffusion.lightning_modules."):
         raise ValueError(f"{path} names recipe {name!r}: not a checkpoint written by a speedrun-diffusion recipe")
     module_name, class_name = name.rsplit(".", 1)
     cls = getattr(importlib.import_module(module_name), class_name)

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.tables import print_table  # noqa: E402
-from lightning_modules.networks.uvit import UViT, measured_gflops, uvit_formula_gflops, uvit_preset  # noqa: E402
+from speedrun_diffusion.lightning_modules.networks.uvit import UViT, measured_gflops, uvit_formula_gflops, uvit_preset  # noqa: E402
 
 
 def rows() -> list[dict]:

@@ -29,7 +29,7 @@ CONFIG = ROOT / "configs" / "sid2" / "tiny_cpu.yaml"
 
 def tiny(overrides: list[str]):
     """The SiD2 module of ``CONFIG`` (model overrides as ``key=value``) and its datamodule's batch size and resolution."""
-    from lightning_modules.cli import build_cli
+    from speedrun_diffusion.lightning_modules.cli import build_cli
 
     args = ["--config", str(CONFIG)] + [f"--model.init_args.{o}" for o in overrides]
     sys_argv, sys.argv = sys.argv, ["sid2-benchmark"]

@@ -23,7 +23,7 @@ from benchmarks.timing import (  # noqa: E402
 
 
 def run_one(args: argparse.Namespace) -> dict:
-    from lightning_modules import SiT
+    from speedrun_diffusion.lightning_modules import SiT
 
     torch.manual_seed(0)
     sizes = {k: v for k, v in dict(depth=args.depth, hidden_size=args.hidden, num_heads=args.heads).items() if v}

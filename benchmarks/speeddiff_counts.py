@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.tables import print_table  # noqa: E402
-from lightning_modules.flops import count_macs  # noqa: E402
-from lightning_modules.networks.dit import DiT, count_parameters, official_parameter_count, refined_dit_preset  # noqa: E402
-from lightning_modules.networks.vit_vae import ViTVAE, vit_vae_preset  # noqa: E402
+from speedrun_diffusion.lightning_modules.flops import count_macs  # noqa: E402
+from speedrun_diffusion.lightning_modules.networks.dit import DiT, count_parameters, official_parameter_count, refined_dit_preset  # noqa: E402
+from speedrun_diffusion.lightning_modules.networks.vit_vae import ViTVAE, vit_vae_preset  # noqa: E402
 
 # SpeedDiff supp. Tab. 7 (256²): name -> (params M, GFLOPs).
 PAPER: dict[str, tuple[float, float]] = {

@@ -25,10 +25,10 @@ from benchmarks.timing import (  # noqa: E402
 
 
 def tiny_module():
-    from lightning_modules.losses import LPIPS, ConvFeatures
-    from lightning_modules.networks.discriminators import PatchGANDiscriminator
-    from lightning_modules.networks.target_encoders import DINOv2Targets
-    from lightning_modules.speeddiff import SpeedDiff
+    from speedrun_diffusion.lightning_modules.losses import LPIPS, ConvFeatures
+    from speedrun_diffusion.lightning_modules.networks.discriminators import PatchGANDiscriminator
+    from speedrun_diffusion.lightning_modules.networks.target_encoders import DINOv2Targets
+    from speedrun_diffusion.lightning_modules.speeddiff import SpeedDiff
 
     return SpeedDiff(
         vae="B", resolution=32, vae_overrides=dict(patch_size=4, hidden_size=64, encoder_depth=2, decoder_depth=2,
@@ -41,7 +41,7 @@ def tiny_module():
 
 
 def run_one(args: argparse.Namespace) -> dict:
-    from lightning_modules.losses.speeddiff_loss import speeddiff_discriminator_losses
+    from speedrun_diffusion.lightning_modules.losses.speeddiff_loss import speeddiff_discriminator_losses
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

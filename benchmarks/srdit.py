@@ -34,9 +34,9 @@ from benchmarks.timing import time_step  # noqa: E402
 
 def b1(input_size: int = 16, **kw):
     """SR-DiT-B/1 as configs/srdit/b1_*.yaml builds it (INVAE tokenizer, DINOv2-B/14 targets, random weights)."""
-    from lightning_modules import SRDiT
-    from lightning_modules.networks import INVAE
-    from lightning_modules.networks.target_encoders import DINOv2Targets
+    from speedrun_diffusion.lightning_modules import SRDiT
+    from speedrun_diffusion.lightning_modules.networks import INVAE
+    from speedrun_diffusion.lightning_modules.networks.target_encoders import DINOv2Targets
 
     return SRDiT(model="SiT-B/1", input_size=input_size, in_channels=32, num_classes=1000, tokenizer=INVAE(),
                  target_encoder=DINOv2Targets(random_weights=True, resolution=14 * input_size), **kw)
@@ -44,7 +44,7 @@ def b1(input_size: int = 16, **kw):
 
 def tiny():
     """The module of configs/srdit/tiny_cpu.yaml (and its datamodule's batch size and resolution)."""
-    from lightning_modules.cli import build_cli
+    from speedrun_diffusion.lightning_modules.cli import build_cli
 
     sys_argv, sys.argv = sys.argv, ["srdit-benchmark"]
     try:
@@ -60,7 +60,7 @@ def count(module: torch.nn.Module, trainable: bool = False) -> int:
 
 
 def parameter_table() -> list[tuple[str, int]]:
-    from lightning_modules.networks.dit import count_parameters, official_parameter_count
+    from speedrun_diffusion.lightning_modules.networks.dit import count_parameters, official_parameter_count
 
     rows = []
     with torch.device("meta"):

@@ -44,8 +44,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.checkpoints.safe_load import safe_torch_load
-from lightning_modules.recipe import CheckpointMismatchError, DiffusionRecipe
+from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
+from speedrun_diffusion.lightning_modules.recipe import CheckpointMismatchError, DiffusionRecipe
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _recipe_of(checkpoint: Mapping[str, Any]) -> str | None:
     class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
     if not class_path:
         return None
-    from lightning_modules.cli import qualified_class_name
+    from speedrun_diffusion.lightning_modules.cli import qualified_class_name
 
     return qualified_class_name(str(class_path))
 
@@ -161,7 +161,7 @@ class AutoGuidance(L.Callback):
                 raise ValueError(f"AutoGuidance interval must be [low, high] with low <= high, got {interval}")
             interval = (float(interval[0]), float(interval[1]))
         if official_kind is not None:
-            from lightning_modules.checkpoints import OFFICIAL_IMPORTERS
+            from speedrun_diffusion.lightning_modules.checkpoints import OFFICIAL_IMPORTERS
 
             if official_kind not in OFFICIAL_IMPORTERS:
                 raise KeyError(f"AutoGuidance official_kind {official_kind!r} is unknown; known: "
@@ -208,7 +208,7 @@ class AutoGuidance(L.Callback):
         elif not Path(self.checkpoint).expanduser().is_file():
             raise FileNotFoundError(f"AutoGuidance: {self.describe()} not found")
         elif self.official_kind is not None:
-            from lightning_modules.checkpoints import load_official_checkpoint
+            from speedrun_diffusion.lightning_modules.checkpoints import load_official_checkpoint
 
             net = load_official_checkpoint(Path(self.checkpoint).expanduser(), self.official_kind,
                                            use_ema=self.use_ema, config=self.official_config)
@@ -225,7 +225,7 @@ class AutoGuidance(L.Callback):
         weights = state["weights"]
         where = f"AutoGuidance weights stored in the checkpoint (guide {state.get('checkpoint')})"
         if state.get("official_kind"):
-            from lightning_modules.checkpoints import import_official
+            from speedrun_diffusion.lightning_modules.checkpoints import import_official
 
             return import_official(state["official_kind"], weights, state.get("official_config") or {})
         if state.get("recipe") and state["recipe"] != recipe.recipe_name():

@@ -37,7 +37,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_modules.checkpoints.safe_load import UnsafeCheckpointError, safe_torch_load
+from speedrun_diffusion.lightning_modules.checkpoints.safe_load import UnsafeCheckpointError, safe_torch_load
 
 __all__ = ["AtomicCheckpointIO", "AtomicModelCheckpoint", "UnsafeCheckpointError", "atomic_torch_save",
            "commit_checkpoint", "safe_torch_load"]

@@ -38,9 +38,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from callbacks.ema import EMA
-from callbacks.features.base import FeatureExtractor
-from callbacks.image_protocol import (
+from speedrun_diffusion.callbacks.ema import EMA
+from speedrun_diffusion.callbacks.features.base import FeatureExtractor
+from speedrun_diffusion.callbacks.image_protocol import (
     Quantization,
     balanced_labels,
     load_reference_npz,
@@ -49,7 +49,7 @@ from callbacks.image_protocol import (
     quantize,
     write_npz,
 )
-from callbacks.metrics import FID, KDD, PSNR, RFID, SFID, SSIM, InceptionScore, PrecisionRecall
+from speedrun_diffusion.callbacks.metrics import FID, KDD, PSNR, RFID, SFID, SSIM, InceptionScore, PrecisionRecall
 
 GENERATION_METRICS = ("fid", "sfid", "is", "precision_recall", "kdd")
 RECONSTRUCTION_METRICS = ("rfid", "psnr", "ssim")
@@ -172,14 +172,14 @@ class Evaluation(L.Callback):
 
     def inception(self, device: torch.device) -> FeatureExtractor:
         if self._inception is None:
-            from callbacks.features import InceptionFeatures
+            from speedrun_diffusion.callbacks.features import InceptionFeatures
 
             self._inception = InceptionFeatures(weights=self.inception_weights)
         return self._inception.to(device)
 
     def dinov2(self, device: torch.device) -> FeatureExtractor:
         if self._dinov2 is None:
-            from callbacks.features import DINOv2Features
+            from speedrun_diffusion.callbacks.features import DINOv2Features
 
             self._dinov2 = DINOv2Features(weights=self.dinov2_weights)
         return self._dinov2.to(device)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import lightning as L
 
-from lightning_modules.losses.gan import GANPhase
+from speedrun_diffusion.lightning_modules.losses.gan import GANPhase
 
 log = logging.getLogger(__name__)
 Unit = Literal["epoch", "step"]

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from callbacks.ema import EMA
+from speedrun_diffusion.callbacks.ema import EMA
 
 
 def image_grid(images: Tensor, nrow: int) -> Tensor:

@@ -5,9 +5,9 @@ Every batch is ``{"image": (B, 3, R, R) float in [-1, 1], "label": (B,) int64}``
 """
 from __future__ import annotations
 
-from datamodules.imagenet import ImageFolderImages, ImageNetDataModule, adm_center_crop
-from datamodules.latents import LatentDataModule, LatentDataset, SplitForPredict
-from datamodules.synthetic import SyntheticDataModule, SyntheticImages
+from speedrun_diffusion.datamodules.imagenet import ImageFolderImages, ImageNetDataModule, adm_center_crop
+from speedrun_diffusion.datamodules.latents import LatentDataModule, LatentDataset, SplitForPredict
+from speedrun_diffusion.datamodules.synthetic import SyntheticDataModule, SyntheticImages
 
 __all__ = [
     "ImageFolderImages",

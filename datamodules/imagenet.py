@@ -38,9 +38,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.image_datamodule import ImageDataModule
-from datamodules.loaders import check_loader_args, eval_loader, train_loader
-from datamodules.pixels import uint8_to_model_range
+from speedrun_diffusion.datamodules.image_datamodule import ImageDataModule
+from speedrun_diffusion.datamodules.loaders import check_loader_args, eval_loader, train_loader
+from speedrun_diffusion.datamodules.pixels import uint8_to_model_range
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.loaders import check_loader_args, eval_loader, train_loader
+from speedrun_diffusion.datamodules.loaders import check_loader_args, eval_loader, train_loader
 
 MANIFEST = "manifest.json"  # callbacks.latent_writer.MANIFEST (datamodules must not import callbacks)
 _DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "I64": "int64", "U8": "uint8"}

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from datamodules.resumable import EpochPermutationSampler, ResumableDataLoader
+from speedrun_diffusion.datamodules.resumable import EpochPermutationSampler, ResumableDataLoader
 
 
 class LabelRangeError(ValueError):

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from datamodules.shapes import SHAPES
-from datamodules.synthetic import MAX_CLASSES, SyntheticImages
+from speedrun_diffusion.datamodules.shapes import SHAPES
+from speedrun_diffusion.datamodules.synthetic import MAX_CLASSES, SyntheticImages
 
 
 def _conv(cin: int, cout: int) -> nn.Sequential:

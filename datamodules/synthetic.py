@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.image_datamodule import ImageDataModule
-from datamodules.loaders import check_loader_args, eval_loader, train_loader
-from datamodules.pixels import uint8_to_model_range
-from datamodules.shapes import SHAPES, ShapeSDF
+from speedrun_diffusion.datamodules.image_datamodule import ImageDataModule
+from speedrun_diffusion.datamodules.loaders import check_loader_args, eval_loader, train_loader
+from speedrun_diffusion.datamodules.pixels import uint8_to_model_range
+from speedrun_diffusion.datamodules.shapes import SHAPES, ShapeSDF
 
 COLOUR_SCHEMES: dict[str, float] = {
     "crimson": 0.985,

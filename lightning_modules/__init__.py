@@ -2,12 +2,12 @@
 
 Public LightningModules (DESIGN "Public surface"); recipes land here as their issues are built.
 """
-from lightning_modules.latent_encoder import LatentEncoder
-from lightning_modules.rae import RAEStage1, RAEStage2
-from lightning_modules.recipe import DiffusionRecipe
-from lightning_modules.sid2 import SiD2
-from lightning_modules.sit import SiT
-from lightning_modules.speeddiff import SpeedDiff
-from lightning_modules.srdit import SRDiT
+from speedrun_diffusion.lightning_modules.latent_encoder import LatentEncoder
+from speedrun_diffusion.lightning_modules.rae import RAEStage1, RAEStage2
+from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe
+from speedrun_diffusion.lightning_modules.sid2 import SiD2
+from speedrun_diffusion.lightning_modules.sit import SiT
+from speedrun_diffusion.lightning_modules.speeddiff import SpeedDiff
+from speedrun_diffusion.lightning_modules.srdit import SRDiT
 
 __all__ = ["DiffusionRecipe", "LatentEncoder", "RAEStage1", "RAEStage2", "SRDiT", "SiD2", "SiT", "SpeedDiff"]

@@ -4,6 +4,7 @@
     speedrun-diffusion fit --config configs/sit/tiny_cpu.yaml --ckpt_path last   # resume
     speedrun-diffusion validate --config configs/sit/tiny_cpu.yaml --ckpt_path last
     speedrun-diffusion fit --config configs/sit/tiny_cpu.yaml --print_config
+    speedrun-diffusion fit --config sit/tiny_cpu          # a config shipped in the wheel, found by name
 
 ``parser_mode="omegaconf"`` lets configs interpolate (``num_classes: ${data.init_args.num_classes}``);
 ``model`` and ``data`` take any LightningModule / LightningDataModule by ``class_path``, so the
@@ -19,15 +20,17 @@ error naming the file and both recipes (Lightning would otherwise switch the mod
 from __future__ import annotations
 
 import importlib
+import importlib.resources
+import sys
 import zipfile
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_modules.checkpoints.safe_load import safe_torch_load
-from lightning_modules.process_group import leave_process_group
-from lightning_modules.recipe import CheckpointMismatchError
+from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
+from speedrun_diffusion.lightning_modules.process_group import leave_process_group
+from speedrun_diffusion.lightning_modules.recipe import CheckpointMismatchError
 
 
 def qualified_class_name(class_path: str) -> str:
@@ -70,13 +73,65 @@ class SpeedrunCLI(LightningCLI):
         super()._parse_ckpt_path()
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
-    """The CLI object (``run=False`` parses and instantiates without running a subcommand)."""
-    # configs live in the repository (not the wheel); imports make the short class names resolvable
-    import callbacks  # noqa: F401
-    import datamodules  # noqa: F401
-    import lightning_modules  # noqa: F401
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped in the package (``sid2/tiny_cpu``, ``scale/ddp_8gpu``, ...)."""
+    root = importlib.resources.files("speedrun_diffusion.configs")
+    names: list[str] = []
+    stack = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        for entry in folder.iterdir():
+            if entry.is_dir() and not entry.name.startswith(("_", ".")):
+                stack.append((entry, f"{prefix}{entry.name}/"))
+            elif entry.name.endswith(".yaml"):
+                names.append(prefix + entry.name[: -len(".yaml")])
+    return sorted(names)
 
+
+def resolve_config(value: str) -> str:
+    """A ``--config`` value as a path: an existing file as given, else the shipped config of that name
+    (``sid2/tiny_cpu``, ``sid2/tiny_cpu.yaml`` or ``configs/sid2/tiny_cpu.yaml``, from any working directory).
+    Raises FileNotFoundError naming the value and the shipped configs."""
+    if Path(value).is_file() or value.lstrip().startswith("{"):  # a file, or an inline YAML / JSON mapping
+        return value
+    name = value[len("configs/"):] if value.startswith("configs/") else value
+    name = name if name.endswith(".yaml") else name + ".yaml"
+    shipped = importlib.resources.files("speedrun_diffusion.configs").joinpath(*name.split("/"))
+    if shipped.is_file():
+        return str(shipped)
+    raise FileNotFoundError(f"config {value!r} is neither a file nor a shipped config; shipped: "
+                            + ", ".join(shipped_configs()))
+
+
+def resolve_config_arguments(args: list[str]) -> list[str]:
+    """``args`` with every ``-c`` / ``--config`` value replaced by :func:`resolve_config`'s path."""
+    out, take_next = [], False
+    for arg in args:
+        if take_next:
+            out.append(resolve_config(arg))
+            take_next = False
+        elif arg in ("-c", "--config"):
+            out.append(arg)
+            take_next = True
+        elif arg.startswith("--config="):
+            out.append("--config=" + resolve_config(arg[len("--config="):]))
+        else:
+            out.append(arg)
+    return out
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+    """The CLI object (``run=False`` parses and instantiates without running a subcommand); ``args`` default to
+    ``sys.argv[1:]``, with shipped configs found by name (:func:`resolve_config`)."""
+    # imported so that YAML can name classes by their short names (class_path: SiT)
+    import speedrun_diffusion.callbacks  # noqa: F401
+    import speedrun_diffusion.datamodules  # noqa: F401
+    import speedrun_diffusion.lightning_modules  # noqa: F401
+
+    if args is None:  # the console script: LightningCLI reads sys.argv itself (and warns if args are given too)
+        sys.argv[1:] = resolve_config_arguments(sys.argv[1:])
+    else:
+        args = resolve_config_arguments(list(args))
     return SpeedrunCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -92,6 +147,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
 def main() -> None:
     """Console-script entry point (returns None so the exit status is 0 on success); a multi-process run's
     ranks leave their process group together (``process_group.py``: a gloo group can abort the exit otherwise)."""
+    try:
+        sys.argv[1:] = resolve_config_arguments(sys.argv[1:])
+    except FileNotFoundError as error:
+        sys.exit(f"speedrun-diffusion: error: {error}")
     build_cli()
     leave_process_group()
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_modules.blocks import Attention, RMSNorm
+from speedrun_diffusion.lightning_modules.blocks import Attention, RMSNorm
 
 
 @dataclass(frozen=True)

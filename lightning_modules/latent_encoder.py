@@ -65,7 +65,7 @@ class LatentEncoder(L.LightningModule):
         if mode not in ("sample", "mean"):
             raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
         if tokenizer_weights is not None:
-            from lightning_modules.srdit import load_tokenizer_weights
+            from speedrun_diffusion.lightning_modules.srdit import load_tokenizer_weights
 
             load_tokenizer_weights(tokenizer, tokenizer_weights)
         self.tokenizer = tokenizer.eval().requires_grad_(False)

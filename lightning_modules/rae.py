@@ -32,17 +32,17 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.diffusion import RAETransport, euler_ode_sample, rae_shift
-from lightning_modules.losses.diffaug import DiffAug
-from lightning_modules.losses.gan import GANPhase, adaptive_weight, disc_accuracy, quantize_fake, select_gan_losses
-from lightning_modules.losses.rae_transport import rae_transport_loss
-from lightning_modules.networks.ddt_head import DDTHeadConfig
-from lightning_modules.networks.dit import DiT, lightningdit_preset
-from lightning_modules.networks.ditdh import DiTDH, DiTDHConfig, ditdh_preset
-from lightning_modules.networks.rae import RAE, build_rae
-from lightning_modules.networks.rae_decoder import RAEDecoder, rae_decoder_preset
-from lightning_modules.networks.rae_encoder import RepresentationEncoder, representation_encoder_preset
-from lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy, warmup_schedule_factor
+from speedrun_diffusion.lightning_modules.diffusion import RAETransport, euler_ode_sample, rae_shift
+from speedrun_diffusion.lightning_modules.losses.diffaug import DiffAug
+from speedrun_diffusion.lightning_modules.losses.gan import GANPhase, adaptive_weight, disc_accuracy, quantize_fake, select_gan_losses
+from speedrun_diffusion.lightning_modules.losses.rae_transport import rae_transport_loss
+from speedrun_diffusion.lightning_modules.networks.ddt_head import DDTHeadConfig
+from speedrun_diffusion.lightning_modules.networks.dit import DiT, lightningdit_preset
+from speedrun_diffusion.lightning_modules.networks.ditdh import DiTDH, DiTDHConfig, ditdh_preset
+from speedrun_diffusion.lightning_modules.networks.rae import RAE, build_rae
+from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, rae_decoder_preset
+from speedrun_diffusion.lightning_modules.networks.rae_encoder import RepresentationEncoder, representation_encoder_preset
+from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy, warmup_schedule_factor
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def load_stage1_tokenizer(path: str | Path, weights: Literal["ema", "model"] = "
     tensors; ``weights="ema"`` takes the decoder from the EMA shadow when the run had ``callbacks.EMA``
     (official stage 2 samples with the EMA decoder). ``stats_path``: latent statistics (``{'mean', 'var'}``).
     """
-    from lightning_modules.checkpoints.safe_load import safe_torch_load
+    from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
 
     if weights not in ("ema", "model"):
         raise ValueError(f"stage1_weights must be 'ema' or 'model', got {weights!r}")
@@ -275,11 +275,11 @@ class RAEStage1(DiffusionRecipe):
                                        pretrained_encoder, decoder_path, None, encoder_overrides, decoder_overrides)
         self.tokenizer_name = f"RAE-{encoder}"
         if train_losses and lpips is None:
-            from lightning_modules.losses.lpips import LPIPS
+            from speedrun_diffusion.lightning_modules.losses.lpips import LPIPS
 
             lpips = LPIPS()  # lpips package VGG16 + v0.1 heads (torchvision ImageNet weights)
         if train_losses and discriminator is None:
-            from lightning_modules.networks.discriminators import DinoDiscriminator
+            from speedrun_diffusion.lightning_modules.networks.discriminators import DinoDiscriminator
 
             discriminator = DinoDiscriminator("S_8", backbone_checkpoint=disc_backbone)
         self.lpips = lpips if train_losses else None

@@ -352,7 +352,7 @@ class DiffusionRecipe(L.LightningModule):
         """The guided velocity ``(x, t, y) -> v`` the flow samplers integrate (SiT, RAE stage 2, SpeedDiff):
         autoguidance with ``self.autoguide`` (v_guide + w·(v − v_guide), same labels, its t-interval) when set,
         else CFG with ``cfg_scale`` on ``cfg_interval`` against the null label ``num_classes``."""
-        from lightning_modules.diffusion import GuidedDenoiser
+        from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser
 
         ag = self.autoguide
         if ag is not None:

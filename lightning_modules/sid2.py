@@ -25,13 +25,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_modules.diffusion.guidance import GuidedDenoiser
-from lightning_modules.diffusion.loss_weighting import sid2_loss_bias, time_shifted_bias
-from lightning_modules.diffusion.samplers import ddpm_ancestral_sample
-from lightning_modules.diffusion.vp import LogSNRSchedule, ScheduleKind, alpha_sigma, x_from_v
-from lightning_modules.losses.sigmoid_loss import Weighting, vp_diffusion_loss
-from lightning_modules.networks.uvit import PresetName, UViT, UViTConfig, uvit_preset
-from lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
+from speedrun_diffusion.lightning_modules.diffusion.guidance import GuidedDenoiser
+from speedrun_diffusion.lightning_modules.diffusion.loss_weighting import sid2_loss_bias, time_shifted_bias
+from speedrun_diffusion.lightning_modules.diffusion.samplers import ddpm_ancestral_sample
+from speedrun_diffusion.lightning_modules.diffusion.vp import LogSNRSchedule, ScheduleKind, alpha_sigma, x_from_v
+from speedrun_diffusion.lightning_modules.losses.sigmoid_loss import Weighting, vp_diffusion_loss
+from speedrun_diffusion.lightning_modules.networks.uvit import PresetName, UViT, UViTConfig, uvit_preset
+from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
 
 __all__ = ["SID2_GUIDANCE_INTERVAL", "SiD2", "sid2_guidance_interval"]
 

@@ -13,15 +13,15 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.diffusion import (
+from speedrun_diffusion.lightning_modules.diffusion import (
     TimeSampler,
     dimension_shift,
     euler_maruyama_sample,
     euler_ode_sample,
 )
-from lightning_modules.losses import flow_matching_loss
-from lightning_modules.networks.dit import DiT, dit_preset
-from lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
+from speedrun_diffusion.lightning_modules.losses import flow_matching_loss
+from speedrun_diffusion.lightning_modules.networks.dit import DiT, dit_preset
+from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
 
 
 class SiT(DiffusionRecipe):

@@ -28,18 +28,18 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.diffusion import TimeSampler, euler_maruyama_sample, euler_ode_sample
-from lightning_modules.losses.gan import GANPhase, LeCamRegularizer, select_gan_losses
-from lightning_modules.losses.repa_pp import DIFFUSION_REPA_DEPTH, REPAPlusPlus
-from lightning_modules.losses.speeddiff_loss import (
+from speedrun_diffusion.lightning_modules.diffusion import TimeSampler, euler_maruyama_sample, euler_ode_sample
+from speedrun_diffusion.lightning_modules.losses.gan import GANPhase, LeCamRegularizer, select_gan_losses
+from speedrun_diffusion.lightning_modules.losses.repa_pp import DIFFUSION_REPA_DEPTH, REPAPlusPlus
+from speedrun_diffusion.lightning_modules.losses.speeddiff_loss import (
     SpeedDiffWeights,
     speeddiff_discriminator_losses,
     speeddiff_generator_losses,
 )
-from lightning_modules.networks.dit import DiT, refined_dit_preset
-from lightning_modules.networks.invae import INVAE, INVAEConfig
-from lightning_modules.networks.vit_vae import ViTVAE, vit_vae_preset
-from lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy, warmup_schedule_factor
+from speedrun_diffusion.lightning_modules.networks.dit import DiT, refined_dit_preset
+from speedrun_diffusion.lightning_modules.networks.invae import INVAE, INVAEConfig
+from speedrun_diffusion.lightning_modules.networks.vit_vae import ViTVAE, vit_vae_preset
+from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy, warmup_schedule_factor
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def speeddiff_denoiser(
 def load_speeddiff_vae(path: str | Path) -> nn.Module:
     """The trained VAE of a ``SpeedDiff`` checkpoint (architecture from its hyper-parameters, weights from its
     ``tokenizer.*`` tensors), frozen, in eval mode (A.3.1: the bad model trains on the 200-epoch VAE)."""
-    from lightning_modules.checkpoints.safe_load import safe_torch_load
+    from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
 
     path = Path(path)
     if not path.is_file():
@@ -192,13 +192,13 @@ class SpeedDiff(DiffusionRecipe):
         self.time_sampler = TimeSampler(time_sampler)
         needs_lpips = (self.train_vae and lpips_weight > 0) or tpr_lpips_weight > 0
         if needs_lpips and lpips is None:
-            from lightning_modules.losses.lpips import LPIPS
+            from speedrun_diffusion.lightning_modules.losses.lpips import LPIPS
 
             lpips = LPIPS()  # lpips package VGG16 + v0.1 heads, full resolution (A.2.2)
         self.lpips = lpips if needs_lpips else None
         needs_disc = self.train_vae and gan_weight > 0
         if needs_disc and discriminator is None:
-            from lightning_modules.networks.discriminators import PatchGANDiscriminator
+            from speedrun_diffusion.lightning_modules.networks.discriminators import PatchGANDiscriminator
 
             discriminator = PatchGANDiscriminator()
         self.discriminator = discriminator if needs_disc else None
@@ -211,7 +211,7 @@ class SpeedDiff(DiffusionRecipe):
             if not 1 <= repa_depth <= self.net.cfg.depth:
                 raise ValueError(f"repa_depth {repa_depth} is not a block of the {self.net.cfg.depth}-block denoiser")
             if vfm is None:
-                from lightning_modules.networks.target_encoders import DINOv2Targets
+                from speedrun_diffusion.lightning_modules.networks.target_encoders import DINOv2Targets
 
                 vfm = DINOv2Targets(resolution=vfm_resolution)  # DINOv2-B/14 through timm (pretrained)
             self.vfm = vfm
@@ -253,7 +253,7 @@ class SpeedDiff(DiffusionRecipe):
     def _latent_shape_of(hparams: Mapping[str, Any]) -> tuple[int, int, int]:
         """Latent shape a run with these hyper-parameters diffuses on (built on the meta device: no memory)."""
         if hparams.get("frozen_vae"):
-            from lightning_modules.checkpoints.safe_load import safe_torch_load
+            from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
 
             hparams = safe_torch_load(hparams["frozen_vae"]).get("hyper_parameters") or {}
         with torch.device("meta"):

@@ -23,12 +23,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lightning_modules.diffusion import GuidedDenoiser, dimension_shift, euler_maruyama_sample
-from lightning_modules.latent_encoder import LatentMode, encode_latents
-from lightning_modules.losses.srdit_loss import SRDiTLoss
-from lightning_modules.networks.dit import dit_preset
-from lightning_modules.networks.sprint import SprintConfig, SprintDiT, build_dit
-from lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
+from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, dimension_shift, euler_maruyama_sample
+from speedrun_diffusion.lightning_modules.latent_encoder import LatentMode, encode_latents
+from speedrun_diffusion.lightning_modules.losses.srdit_loss import SRDiTLoss
+from speedrun_diffusion.lightning_modules.networks.dit import dit_preset
+from speedrun_diffusion.lightning_modules.networks.sprint import SprintConfig, SprintDiT, build_dit
+from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
 
 Guidance = Literal["none", "cfg", "path_drop"]
 
@@ -37,7 +37,7 @@ def load_tokenizer_weights(tokenizer: nn.Module | None, path: str) -> None:
     """Load an official INVAE file into ``tokenizer`` with strict keys (reference/srdit/README "INVAE")."""
     from pathlib import Path
 
-    from lightning_modules.checkpoints import load_official_checkpoint
+    from speedrun_diffusion.lightning_modules.checkpoints import load_official_checkpoint
 
     if tokenizer is None:
         raise ValueError("tokenizer_weights given but no tokenizer: set model.init_args.tokenizer (an INVAE)")

@@ -16,8 +16,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lightning_modules.cli import build_cli  # noqa: E402
-from lightning_modules.process_group import leave_process_group  # noqa: E402
+from speedrun_diffusion.lightning_modules.cli import build_cli  # noqa: E402
+from speedrun_diffusion.lightning_modules.process_group import leave_process_group  # noqa: E402
 
 
 def gathered_state(cli) -> list:

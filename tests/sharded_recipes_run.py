@@ -26,11 +26,11 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from callbacks.checkpointing import AtomicModelCheckpoint  # noqa: E402
-from callbacks.ema import EMA  # noqa: E402
-from lightning_modules.cli import build_cli  # noqa: E402
-from lightning_modules.process_group import leave_process_group  # noqa: E402
-from lightning_modules.recipe import decorrelate_rank_rng  # noqa: E402
+from speedrun_diffusion.callbacks.checkpointing import AtomicModelCheckpoint  # noqa: E402
+from speedrun_diffusion.callbacks.ema import EMA  # noqa: E402
+from speedrun_diffusion.lightning_modules.cli import build_cli  # noqa: E402
+from speedrun_diffusion.lightning_modules.process_group import leave_process_group  # noqa: E402
+from speedrun_diffusion.lightning_modules.recipe import decorrelate_rank_rng  # noqa: E402
 from tests.callbacks.toy_recipe import full_parameters  # noqa: E402
 
 STEPS, SAVE_AT, WORLD, SEED, EMA_DECAY = 4, 2, 2, 1234, 0.9
@@ -102,7 +102,7 @@ class EmulateRanks(L.Callback):
             """SpeedDiff: the joint step on the mean of the halves' losses, then the discriminator step on the
             global batch with the halves' reconstructions put back in place (every discriminator term is a mean
             over equal halves, and LeCam averages the logit means over ranks, so this equals the ranks' step)."""
-            from lightning_modules.losses.speeddiff_loss import speeddiff_discriminator_losses
+            from speedrun_diffusion.lightning_modules.losses.speeddiff_loss import speeddiff_discriminator_losses
 
             optimizers, schedulers = pl_module.optimizers(), pl_module.lr_schedulers()
             loss, recon = halves_loss(batch)
@@ -174,7 +174,7 @@ def summary(module: L.LightningModule, record: Record, ema: EMA | None, world: i
 def gan_warmup(module: L.LightningModule) -> list[L.Callback]:
     """GAN recipes: LPIPS from step 0, discriminator from step 1, adversarial from step 3 — the phase changes across
     the resume point, so the resumed run must restore it."""
-    from callbacks.gan_warmup import GANWarmup
+    from speedrun_diffusion.callbacks.gan_warmup import GANWarmup
 
     return [GANWarmup(0, 1, 3, unit="step")] if hasattr(module, "gan_phase") else []
 

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from datamodules import ImageNetDataModule, SyntheticDataModule
-from datamodules.imagenet import CorruptImageError, ImageFolderImages, UnsupportedImageError
-from datamodules.loaders import LabelRangeError, train_loader
-from lightning_modules import SiT
-from lightning_modules.cli import build_cli
-from lightning_modules.recipe import CheckpointMismatchError, check_data_fits
+from speedrun_diffusion.datamodules import ImageNetDataModule, SyntheticDataModule
+from speedrun_diffusion.datamodules.imagenet import CorruptImageError, ImageFolderImages, UnsupportedImageError
+from speedrun_diffusion.datamodules.loaders import LabelRangeError, train_loader
+from speedrun_diffusion.lightning_modules import SiT
+from speedrun_diffusion.lightning_modules.cli import build_cli
+from speedrun_diffusion.lightning_modules.recipe import CheckpointMismatchError, check_data_fits
 from tests.callbacks.toy_recipe import ToyRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,8 +130,8 @@ def test_folder_with_more_classes_than_num_classes_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- missing weight files
 def test_missing_weight_files_are_named(tmp_path):
-    from callbacks.features.base import load_weights
-    from lightning_modules.checkpoints import load_official_checkpoint
+    from speedrun_diffusion.callbacks.features.base import load_weights
+    from speedrun_diffusion.lightning_modules.checkpoints import load_official_checkpoint
 
     missing = tmp_path / "nowhere" / "weights.pt"
     with pytest.raises(FileNotFoundError, match=str(missing)):
@@ -171,7 +171,7 @@ def test_checkpoint_of_another_recipe_names_the_file_and_both_recipes(tmp_path, 
     with pytest.raises(CheckpointMismatchError) as info:
         build_cli(["fit", "--config", TINY, *FAST, "--ckpt_path", str(foreign)])
     message = str(info.value)
-    assert str(foreign) in message and "ToyRecipe" in message and "lightning_modules.sit.SiT" in message
+    assert str(foreign) in message and "ToyRecipe" in message and "speedrun_diffusion.lightning_modules.sit.SiT" in message
 
 
 def test_checkpoint_of_another_size_names_the_file_and_keys(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.cli import build_cli
+from speedrun_diffusion.lightning_modules.cli import build_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "sit" / "tiny_cpu.yaml")
@@ -21,11 +21,11 @@ FAST = ["--model.init_args.depth", "1", "--model.init_args.hidden_size", "32", "
 
 
 def test_print_config_resolves_interpolation():
-    proc = subprocess.run([sys.executable, "-m", "lightning_modules.cli", "fit", "--config", TINY,
+    proc = subprocess.run([sys.executable, "-m", "speedrun_diffusion.lightning_modules.cli", "fit", "--config", TINY,
                            "--data.init_args.resolution", "24", "--print_config"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "class_path: lightning_modules.SiT" in proc.stdout
+    assert "class_path: speedrun_diffusion.lightning_modules.SiT" in proc.stdout
     assert "input_size: 24" in proc.stdout  # ${data.init_args.resolution} followed the override
 
 
@@ -38,7 +38,7 @@ def _clean_argv(monkeypatch):
 EVAL_YAML = """
 trainer:
   callbacks+:
-    - class_path: callbacks.Evaluation
+    - class_path: speedrun_diffusion.callbacks.Evaluation
       init_args:
         metrics: [fid, is]
         num_samples: 8
@@ -46,7 +46,7 @@ trainer:
         num_steps: 2
         progress: false
         inception:
-          class_path: callbacks.features.InceptionFeatures
+          class_path: speedrun_diffusion.callbacks.features.InceptionFeatures
           init_args:
             network:
               class_path: tests.callbacks.metrics.eval_toy.TinyInception

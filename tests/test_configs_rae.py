@@ -16,7 +16,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_modules.networks.dit import count_parameters, official_parameter_count
+from speedrun_diffusion.lightning_modules.networks.dit import count_parameters, official_parameter_count
 from tests.conftest import REFERENCE_DIR
 from tests.test_configs_srdit import parse
 
@@ -45,7 +45,7 @@ def build_model_on_meta(config: Any) -> Any:
     init.update(pretrained_encoder=None)
     if model["class_path"].endswith("RAEStage1"):
         init.update(disc_backbone=None, decoder_path=None)
-        init["lpips"] = {"class_path": "lightning_modules.losses.LPIPS", "init_args": {"pretrained": False}}
+        init["lpips"] = {"class_path": "speedrun_diffusion.lightning_modules.losses.LPIPS", "init_args": {"pretrained": False}}
     else:
         init.update(stage1_checkpoint=None, decoder_path=None, stats_path=None, official_rae=True)
     parser = ArgumentParser()
@@ -58,7 +58,7 @@ def build_model_on_meta(config: Any) -> Any:
 def test_every_rae_config_parses(path: Path):
     base = OVERLAYS.get(str(path.relative_to(CONFIGS)))  # add-ons in sub-directories parse on top of their base
     config = parse(CONFIGS / base, path) if base else parse(path)
-    assert config.model.class_path.startswith("lightning_modules.RAEStage")
+    assert config.model.class_path.startswith("speedrun_diffusion.lightning_modules.RAEStage")
     if path.name == "autoguidance_256.yaml":
         ag = _callback(config, "AutoGuidance")
         assert (ag.scale, tuple(ag.interval)) == (1.42, (0.0, 1.0))  # official 256-px AG sampling config
@@ -125,7 +125,7 @@ def test_tiny_configs_chain_through_the_cache():
                                                                    CONFIGS / "chain" / "tiny_cpu_cache.yaml")
     stage2 = parse(CONFIGS / "tiny_cpu_stage2.yaml")
     writer = _callback(cache, "LatentWriter")
-    assert [c.class_path for c in cache.trainer.callbacks] == ["callbacks.LatentWriter"]
+    assert [c.class_path for c in cache.trainer.callbacks] == ["speedrun_diffusion.callbacks.LatentWriter"]
     assert stage2.data.init_args.root == writer.output_dir
     assert stage2.model.init_args.stats_path == cache.model.init_args.stats_output
     ckpt = _callback(stage1, "AtomicModelCheckpoint")

@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_modules.networks.dit import count_parameters
+from speedrun_diffusion.lightning_modules.networks.dit import count_parameters
 from tests.test_configs_srdit import parse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +38,10 @@ def build_on_meta(config: Any) -> Any:
     from jsonargparse import ArgumentParser
 
     model = config.model.as_dict()
-    model["init_args"].update(frozen_vae=None, lpips={"class_path": "lightning_modules.losses.LPIPS",
+    model["init_args"].update(frozen_vae=None, lpips={"class_path": "speedrun_diffusion.lightning_modules.losses.LPIPS",
                                                       "init_args": {"pretrained": False}})
     if model["init_args"].get("repa_pp"):
-        model["init_args"]["vfm"] = {"class_path": "lightning_modules.networks.target_encoders.DINOv2Targets",
+        model["init_args"]["vfm"] = {"class_path": "speedrun_diffusion.lightning_modules.networks.target_encoders.DINOv2Targets",
                                      "init_args": {"random_weights": True}}
     parser = ArgumentParser()
     parser.add_subclass_arguments(L.LightningModule, "model")
@@ -64,7 +64,7 @@ def base_of(path: Path) -> list[Path]:
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("**/*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_speeddiff_config_parses(path: Path):
     config = parse(*base_of(path))
-    assert config.model.class_path == "lightning_modules.SpeedDiff"
+    assert config.model.class_path == "speedrun_diffusion.lightning_modules.SpeedDiff"
 
 
 @pytest.mark.parametrize("name", MAIN)

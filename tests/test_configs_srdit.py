@@ -14,9 +14,9 @@ import pytest
 import torch
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_modules.cli import build_cli
-from lightning_modules.networks.dit import count_parameters, official_parameter_count
-from lightning_modules.networks.sprint import SprintDiT
+from speedrun_diffusion.lightning_modules.cli import build_cli
+from speedrun_diffusion.lightning_modules.networks.dit import count_parameters, official_parameter_count
+from speedrun_diffusion.lightning_modules.networks.sprint import SprintDiT
 from tests.conftest import REFERENCE_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +34,9 @@ class _ParseOnly(LightningCLI):
 
 
 def parse(*configs: Path, extra: tuple[str, ...] = ()) -> Any:
-    import callbacks  # noqa: F401
-    import datamodules  # noqa: F401
-    import lightning_modules  # noqa: F401
+    import speedrun_diffusion.callbacks  # noqa: F401
+    import speedrun_diffusion.datamodules  # noqa: F401
+    import speedrun_diffusion.lightning_modules  # noqa: F401
 
     args = [a for c in configs for a in ("--config", str(c))] + list(extra)
     cli = _ParseOnly(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
@@ -69,10 +69,10 @@ def test_paper_config_matches_official(resolution: int):
     t = config.trainer
     assert (t.precision, t.max_steps, t.gradient_clip_val) == ("bf16-mixed", 400_000, 1.0)
     assert t.devices * t.num_nodes * config.data.init_args.batch_size == 256  # global batch
-    assert config.data.class_path == "datamodules.LatentDataModule" and config.data.init_args.with_images
-    ema = [c for c in t.callbacks if c.class_path == "callbacks.EMA"][0]
+    assert config.data.class_path == "speedrun_diffusion.datamodules.LatentDataModule" and config.data.init_args.with_images
+    ema = [c for c in t.callbacks if c.class_path == "speedrun_diffusion.callbacks.EMA"][0]
     assert ema.init_args.decay == 0.9999
-    evaluation = [c for c in t.callbacks if c.class_path == "callbacks.Evaluation"][0].init_args
+    evaluation = [c for c in t.callbacks if c.class_path == "speedrun_diffusion.callbacks.Evaluation"][0].init_args
     assert evaluation.metrics[0] == "kdd" and evaluation.num_samples == 50_000 and evaluation.num_steps == 250
     ckpt = [c for c in t.callbacks if c.class_path.endswith("ModelCheckpoint")][0].init_args
     assert ckpt.dirpath == f"runs/srdit_b1_{resolution}/checkpoints"  # interpolation followed default_root_dir
@@ -120,8 +120,8 @@ def test_ablation_rows_add_one_improvement_each():
 @pytest.mark.parametrize("name", ["cache_latents_256", "cache_latents_512"])
 def test_cache_configs_parse(name: str):
     config = parse(CONFIGS / f"{name}.yaml")
-    writer = [c for c in config.trainer.callbacks if c.class_path == "callbacks.LatentWriter"][0].init_args
-    assert config.model.class_path == "lightning_modules.LatentEncoder" and config.model.init_args.mode == "sample"
+    writer = [c for c in config.trainer.callbacks if c.class_path == "speedrun_diffusion.callbacks.LatentWriter"][0].init_args
+    assert config.model.class_path == "speedrun_diffusion.lightning_modules.LatentEncoder" and config.model.init_args.mode == "sample"
     assert writer.save_images and config.data.init_args.source.init_args.random_flip is False
     assert writer.output_dir.endswith(name.replace("cache_latents", "srdit_invae") + "/train")
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from callbacks.checkpointing import AtomicModelCheckpoint, atomic_torch_save, commit_checkpoint
-from datamodules import SyntheticDataModule
-from datamodules.resumable import EpochPermutationSampler, ResumableDataLoader
-from lightning_modules.recipe import NonFiniteLossError
+from speedrun_diffusion.callbacks.checkpointing import AtomicModelCheckpoint, atomic_torch_save, commit_checkpoint
+from speedrun_diffusion.datamodules import SyntheticDataModule
+from speedrun_diffusion.datamodules.resumable import EpochPermutationSampler, ResumableDataLoader
+from speedrun_diffusion.lightning_modules.recipe import NonFiniteLossError
 from tests.callbacks.toy_recipe import RecordTrajectory, ToyRecipe, toy_loader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def _trainer(tmp_path: Path, steps: int, *callbacks: L.Callback) -> L.Trainer:
 def test_nonfinite_skip_leaves_weights_unchanged_warns_counts_and_checkpoints(tmp_path, caplog):
     recorder, module = RecordTrajectory(), NaNAtStep(nan_step=2, nonfinite="skip")
     trainer = _trainer(tmp_path, 4, recorder)
-    with caplog.at_level(logging.WARNING, logger="lightning_modules.recipe"):
+    with caplog.at_level(logging.WARNING, logger="speedrun_diffusion.lightning_modules.recipe"):
         trainer.fit(module, train_dataloaders=toy_loader())
     assert trainer.global_step == 4  # the skipped batch still counts as a step
     traj = recorder.trajectory
@@ -78,7 +78,7 @@ def test_nonfinite_raise_names_the_term_and_step(tmp_path):
 
 
 def test_nonfinite_policy_is_validated():
-    from lightning_modules.recipe import DiffusionRecipe
+    from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe
 
     with pytest.raises(ValueError, match="nonfinite"):
         DiffusionRecipe(nonfinite="ignore")
@@ -88,7 +88,7 @@ def test_nonfinite_policy_is_validated():
 SLOW_SAVE = """
 import sys, time, torch
 sys.path.insert(0, {root!r})
-from callbacks.checkpointing import atomic_torch_save
+from speedrun_diffusion.callbacks.checkpointing import atomic_torch_save
 
 class Slow:
     def __reduce__(self):
@@ -168,7 +168,7 @@ def test_every_training_config_saves_last_atomically_and_exposes_clipping(path):
     if "max_steps" not in trainer or "callbacks" not in trainer:
         pytest.skip("not a training config (or an add-on that keeps its base config's callbacks)")
     checkpoints = [c for c in trainer.get("callbacks", []) if "Checkpoint" in c["class_path"]]
-    assert [c["class_path"] for c in checkpoints] == ["callbacks.AtomicModelCheckpoint"]
+    assert [c["class_path"].rpartition(".")[2] for c in checkpoints] == ["AtomicModelCheckpoint"]
     args = checkpoints[0]["init_args"]
     assert args["save_last"] is True
     assert args.get("every_n_train_steps") or args.get("train_time_interval")

@@ -47,16 +47,16 @@ trainer:
   default_root_dir: {tmp / name}
   logger: false
   callbacks:
-    - class_path: callbacks.EMA
+    - class_path: speedrun_diffusion.callbacks.EMA
       init_args: {{decay: 0.9, warmup: true}}
-    - class_path: callbacks.AtomicModelCheckpoint
+    - class_path: speedrun_diffusion.callbacks.AtomicModelCheckpoint
       init_args: {{dirpath: {tmp / name / 'checkpoints'}, save_last: true, every_n_train_steps: 3, save_top_k: 0}}{pause}
 """)
     return path
 
 
 def _fit(config: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "lightning_modules.cli", "fit", "--config", TINY, "--config", str(config), *SMALL, *extra]
+    cmd = [sys.executable, "-m", "speedrun_diffusion.lightning_modules.cli", "fit", "--config", TINY, "--config", str(config), *SMALL, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

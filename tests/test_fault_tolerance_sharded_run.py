@@ -12,8 +12,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.loaders import train_loader  # noqa: E402
-from lightning_modules.process_group import leave_process_group  # noqa: E402
+from speedrun_diffusion.datamodules.loaders import train_loader  # noqa: E402
+from speedrun_diffusion.lightning_modules.process_group import leave_process_group  # noqa: E402
 from tests.callbacks.toy_recipe import RecordTrajectory, ToyData, ToyRecipe  # noqa: E402
 
 NAN_STEP, NAN_RANK = 2, 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
-from lightning_modules.process_group import leave_process_group
+from speedrun_diffusion.lightning_modules.process_group import leave_process_group
 
 
 def test_without_a_process_group_it_does_nothing():

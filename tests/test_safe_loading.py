@@ -13,8 +13,8 @@ import lightning as L
 import pytest
 import torch
 
-from callbacks.checkpointing import AtomicCheckpointIO
-from lightning_modules.checkpoints.safe_load import UnsafeCheckpointError, safe_torch_load
+from speedrun_diffusion.callbacks.checkpointing import AtomicCheckpointIO
+from speedrun_diffusion.lightning_modules.checkpoints.safe_load import UnsafeCheckpointError, safe_torch_load
 from tests.callbacks.toy_recipe import ToyRecipe, toy_loader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,8 +63,8 @@ def test_safe_torch_load_and_checkpoint_io_refuse_by_file_name(evil):
 
 
 def test_official_importer_and_feature_weights_refuse(evil):
-    from callbacks.features.base import load_weights
-    from lightning_modules.checkpoints import load_official_checkpoint
+    from speedrun_diffusion.callbacks.features.base import load_weights
+    from speedrun_diffusion.lightning_modules.checkpoints import load_official_checkpoint
 
     path, marker = evil
     with pytest.raises(UnsafeCheckpointError, match=str(path)):
@@ -75,7 +75,7 @@ def test_official_importer_and_feature_weights_refuse(evil):
 
 
 def test_sid2_weight_import_refuses(evil, tmp_path):
-    from lightning_modules.sid2 import SiD2
+    from speedrun_diffusion.lightning_modules.sid2 import SiD2
 
     path, marker = evil
     model = SiD2(preset=None, resolution=16, num_classes=4, patch_size=2, channels=[16, 32],
@@ -89,7 +89,7 @@ def test_sid2_weight_import_refuses(evil, tmp_path):
 
 
 def test_cli_resume_refuses_by_file_name(evil, tmp_path, monkeypatch):
-    from lightning_modules.cli import build_cli
+    from speedrun_diffusion.lightning_modules.cli import build_cli
 
     path, marker = evil
     monkeypatch.chdir(tmp_path)

@@ -16,7 +16,7 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser
 
-from lightning_modules.cli import SpeedrunCLI
+from speedrun_diffusion.lightning_modules.cli import SpeedrunCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = sorted((ROOT / "configs" / "scale").glob("*.yaml"))
@@ -31,7 +31,7 @@ NO_WEIGHTS = {
               "--model.init_args.target_encoder.init_args.random_weights=true"],
     "RAEStage2": ["--model.init_args.stage1_checkpoint=null", "--model.init_args.official_rae=false",
                   "--model.init_args.stats_path=null"],
-    "SpeedDiff": ['--model.init_args.lpips={"class_path": "lightning_modules.losses.LPIPS", '
+    "SpeedDiff": ['--model.init_args.lpips={"class_path": "speedrun_diffusion.lightning_modules.losses.LPIPS", '
                   '"init_args": {"pretrained": false}}'],
 }
 
@@ -50,9 +50,9 @@ class ParseOnlyCLI(SpeedrunCLI):
 
 @functools.lru_cache(maxsize=None)
 def parse(*args: str):
-    import callbacks  # noqa: F401
-    import datamodules  # noqa: F401
-    import lightning_modules  # noqa: F401
+    import speedrun_diffusion.callbacks  # noqa: F401
+    import speedrun_diffusion.datamodules  # noqa: F401
+    import speedrun_diffusion.lightning_modules  # noqa: F401
 
     cli = ParseOnlyCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                        parser_kwargs={"parser_mode": "omegaconf+"}, args=list(args), run=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from callbacks.image_protocol import check_uint8_images
+from speedrun_diffusion.callbacks.image_protocol import check_uint8_images
 
 
 class FeatureExtractor(nn.Module):

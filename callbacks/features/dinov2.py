@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from callbacks.features.base import FeatureExtractor, freeze, load_weights
+from speedrun_diffusion.callbacks.features.base import FeatureExtractor, freeze, load_weights
 
 DINOV2_MODEL = "vit_large_patch14_dinov2.lvd142m"
 DGM_RESOLUTION = 224  # dgm-eval Resize((224, 224), BICUBIC)

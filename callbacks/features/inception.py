@@ -17,7 +17,7 @@ from unittest import mock
 
 from torch import Tensor, nn
 
-from callbacks.features.base import FeatureExtractor, freeze, load_weights
+from speedrun_diffusion.callbacks.features.base import FeatureExtractor, freeze, load_weights
 
 SPATIAL_LAYER = "Mixed_6d.branch1x1"  # torch-fidelity's name for ADM's mixed_6/conv
 SPATIAL_CHANNELS = 7  # ADM: spatial[..., :7]

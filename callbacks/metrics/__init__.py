@@ -9,13 +9,13 @@ sums or concatenates across ranks, and uses float64 where the reference does:
 * `KDD` — dgm-eval kernel distance on DINOv2 features (100 subsets of 1,000, unbiased, unscaled).
 * `PSNR`, `SSIM` — torchmetrics on uint8-range reconstructions.
 """
-from callbacks.metrics.fid import FID, frechet_distance
-from callbacks.metrics.inception_score import InceptionScore
-from callbacks.metrics.kdd import KDD, kernel_distance, polynomial_mmd
-from callbacks.metrics.precision_recall import PrecisionRecall, precision_recall
-from callbacks.metrics.reconstruction import PSNR, SSIM
-from callbacks.metrics.rfid import RFID
-from callbacks.metrics.sfid import SFID
+from speedrun_diffusion.callbacks.metrics.fid import FID, frechet_distance
+from speedrun_diffusion.callbacks.metrics.inception_score import InceptionScore
+from speedrun_diffusion.callbacks.metrics.kdd import KDD, kernel_distance, polynomial_mmd
+from speedrun_diffusion.callbacks.metrics.precision_recall import PrecisionRecall, precision_recall
+from speedrun_diffusion.callbacks.metrics.reconstruction import PSNR, SSIM
+from speedrun_diffusion.callbacks.metrics.rfid import RFID
+from speedrun_diffusion.callbacks.metrics.sfid import SFID
 
 __all__ = [
     "FID",

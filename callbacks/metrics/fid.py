@@ -113,7 +113,7 @@ class FID(Metric):
     def set_reference(self, reference: str | Path | tuple[Any, Any]) -> None:
         """Fix the real side to stored statistics (ADM ``.npz`` path or ``(mu, sigma)``), used as is."""
         if isinstance(reference, (str, Path)):
-            from callbacks.image_protocol import load_reference_npz
+            from speedrun_diffusion.callbacks.image_protocol import load_reference_npz
 
             batch = load_reference_npz(reference, required=self.npz_keys)
             mu, sigma = (getattr(batch, k) for k in self.npz_keys)

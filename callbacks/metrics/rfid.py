@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from callbacks.metrics.fid import FID
+from speedrun_diffusion.callbacks.metrics.fid import FID
 
 
 class RFID(FID):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from callbacks.metrics.fid import FID
+from speedrun_diffusion.callbacks.metrics.fid import FID
 
 SFID_FEATURES = 17 * 17 * 7  # 2023: 17x17 positions x the first 7 channels
 

@@ -13,11 +13,11 @@ One module per official code base registers its kinds with ``@register_official(
 * ``rae.decoder``, ``rae.encoder.{dinov2,siglip2,mae}``, ``rae.rae`` — ``checkpoints/rae_stage1.py``
 * ``rae.ditdh``, ``rae.lightningdit`` — ``checkpoints/rae_stage2.py``
 """
-from lightning_modules.checkpoints import rae_stage1, srdit
-from lightning_modules.checkpoints import rae_stage1_gan
-from lightning_modules.checkpoints import rae_stage2
-from lightning_modules.checkpoints.loading import load_official_checkpoint
-from lightning_modules.checkpoints.registry import (
+from speedrun_diffusion.lightning_modules.checkpoints import rae_stage1, srdit
+from speedrun_diffusion.lightning_modules.checkpoints import rae_stage1_gan
+from speedrun_diffusion.lightning_modules.checkpoints import rae_stage2
+from speedrun_diffusion.lightning_modules.checkpoints.loading import load_official_checkpoint
+from speedrun_diffusion.lightning_modules.checkpoints.registry import (
     OFFICIAL_IMPORTERS,
     OfficialCheckpointError,
     import_official,
@@ -25,7 +25,7 @@ from lightning_modules.checkpoints.registry import (
     register_official,
     strip_wrapper_prefixes,
 )
-from lightning_modules.checkpoints.srdit import srdit_config_from_args, srdit_invae_config, srdit_sit_config
+from speedrun_diffusion.lightning_modules.checkpoints.srdit import srdit_config_from_args, srdit_invae_config, srdit_sit_config
 
 __all__ = [
     "OFFICIAL_IMPORTERS",

@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from lightning_modules.checkpoints.registry import CONFIG_FROM_FILE, import_official
-from lightning_modules.checkpoints.safe_load import safe_torch_load
+from speedrun_diffusion.lightning_modules.checkpoints.registry import CONFIG_FROM_FILE, import_official
+from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
 
 
 def _torch_load(path: Path) -> Any:

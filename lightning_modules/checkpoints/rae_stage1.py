@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.checkpoints.registry import OfficialCheckpointError, load_strict, register_official
-from lightning_modules.networks.rae import RAE
-from lightning_modules.networks.rae_decoder import RAEDecoder, RAEDecoderConfig
-from lightning_modules.networks.rae_encoder import (
+from speedrun_diffusion.lightning_modules.checkpoints.registry import OfficialCheckpointError, load_strict, register_official
+from speedrun_diffusion.lightning_modules.networks.rae import RAE
+from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, RAEDecoderConfig
+from speedrun_diffusion.lightning_modules.networks.rae_encoder import (
     ENCODER_PRESETS,
     RepresentationEncoder,
     RepresentationEncoderConfig,

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.checkpoints.registry import load_strict, register_official
-from lightning_modules.networks.ddt_head import DDTHeadConfig
-from lightning_modules.networks.dit import LIGHTNINGDIT_OPTIONS, DiT, DiTConfig
-from lightning_modules.networks.ditdh import DiTDH, DiTDHConfig
+from speedrun_diffusion.lightning_modules.checkpoints.registry import load_strict, register_official
+from speedrun_diffusion.lightning_modules.networks.ddt_head import DDTHeadConfig
+from speedrun_diffusion.lightning_modules.networks.dit import LIGHTNINGDIT_OPTIONS, DiT, DiTConfig
+from speedrun_diffusion.lightning_modules.networks.ditdh import DiTDH, DiTDHConfig
 
 # official constructor defaults (src/stage2/models DDT.py DiTwDDTHead / lightningDiT.py LightningDiT); the
 # LightningDiT default learn_sigma=False is the one reproducing reference/rae_stage2/param_counts.json

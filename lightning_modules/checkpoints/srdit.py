@@ -8,10 +8,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_modules.checkpoints.registry import OfficialCheckpointError, load_strict, register_official
-from lightning_modules.networks.dit import DIT_SIZES, DiTConfig
-from lightning_modules.networks.invae import INVAE, INVAEConfig
-from lightning_modules.networks.sprint import SprintConfig, SprintDiT
+from speedrun_diffusion.lightning_modules.checkpoints.registry import OfficialCheckpointError, load_strict, register_official
+from speedrun_diffusion.lightning_modules.networks.dit import DIT_SIZES, DiTConfig
+from speedrun_diffusion.lightning_modules.networks.invae import INVAE, INVAEConfig
+from speedrun_diffusion.lightning_modules.networks.sprint import SprintConfig, SprintDiT
 
 
 def srdit_config_from_args(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:

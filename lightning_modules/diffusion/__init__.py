@@ -1,7 +1,7 @@
 """Diffusion math with no trainable state: linear flow, VP log-SNR schedules, samplers, guidance."""
 from __future__ import annotations
 
-from lightning_modules.diffusion.flow import (
+from speedrun_diffusion.lightning_modules.diffusion.flow import (
     TimeSampler,
     dimension_shift,
     expand_like,
@@ -11,16 +11,16 @@ from lightning_modules.diffusion.flow import (
     shift_time,
     x0_from_velocity,
 )
-from lightning_modules.diffusion.guidance import GuidedDenoiser
-from lightning_modules.diffusion.samplers import (
+from speedrun_diffusion.lightning_modules.diffusion.guidance import GuidedDenoiser
+from speedrun_diffusion.lightning_modules.diffusion.samplers import (
     ddpm_ancestral_sample,
     euler_maruyama_sample,
     euler_ode_sample,
     flow_time_grid,
 )
-from lightning_modules.diffusion.rae_flow import RAETransport, rae_sample, rae_shift, rae_time_grid
-from lightning_modules.diffusion.state import State, pack_state, state_parts
-from lightning_modules.diffusion.vp import (
+from speedrun_diffusion.lightning_modules.diffusion.rae_flow import RAETransport, rae_sample, rae_shift, rae_time_grid
+from speedrun_diffusion.lightning_modules.diffusion.state import State, pack_state, state_parts
+from speedrun_diffusion.lightning_modules.diffusion.vp import (
     LogSNRSchedule,
     alpha_sigma,
     eps_from_v,

@@ -16,8 +16,8 @@ from typing import Literal, Union
 import torch
 from torch import Tensor
 
-from lightning_modules.diffusion.state import State, pack_state, state_parts
-from lightning_modules.diffusion.vp import LogSNRSchedule
+from speedrun_diffusion.lightning_modules.diffusion.state import State, pack_state, state_parts
+from speedrun_diffusion.lightning_modules.diffusion.vp import LogSNRSchedule
 
 __all__ = ["GuidedDenoiser"]
 

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lightning_modules.diffusion.flow import shift_time
-from lightning_modules.diffusion.state import State, pack_state, state_parts
-from lightning_modules.diffusion.vp import LogSNRSchedule, alpha_sigma
+from speedrun_diffusion.lightning_modules.diffusion.flow import shift_time
+from speedrun_diffusion.lightning_modules.diffusion.state import State, pack_state, state_parts
+from speedrun_diffusion.lightning_modules.diffusion.vp import LogSNRSchedule, alpha_sigma
 
 __all__ = [
     "flow_time_grid",

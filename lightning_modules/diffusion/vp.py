@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_modules.diffusion.flow import expand_like
+from speedrun_diffusion.lightning_modules.diffusion.flow import expand_like
 
 __all__ = [
     "logsnr_cosine",

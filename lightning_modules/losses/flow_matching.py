@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lightning_modules.diffusion import TimeSampler, flow_interpolate, flow_velocity_target
+from speedrun_diffusion.lightning_modules.diffusion import TimeSampler, flow_interpolate, flow_velocity_target
 
 
 def velocity_mse(prediction: Tensor, target: Tensor) -> Tensor:

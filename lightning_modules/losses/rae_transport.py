@@ -13,8 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lightning_modules.diffusion.flow import TimeSampler, flow_interpolate, flow_velocity_target
-from lightning_modules.losses.flow_matching import velocity_mse
+from speedrun_diffusion.lightning_modules.diffusion.flow import TimeSampler, flow_interpolate, flow_velocity_target
+from speedrun_diffusion.lightning_modules.losses.flow_matching import velocity_mse
 
 __all__ = ["TransportLoss", "rae_transport_loss"]
 

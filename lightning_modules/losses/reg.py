@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lightning_modules.losses.flow_matching import velocity_mse
+from speedrun_diffusion.lightning_modules.losses.flow_matching import velocity_mse
 
 
 def cls_velocity_loss(prediction: Tensor, target: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-from lightning_modules.losses.repa import negative_cosine
+from speedrun_diffusion.lightning_modules.losses.repa import negative_cosine
 
 # SpeedDiff Tab. 14 "Diffusion REPA depth".
 DIFFUSION_REPA_DEPTH = 8

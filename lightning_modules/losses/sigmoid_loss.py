@@ -14,10 +14,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_modules.diffusion.flow import expand_like
-from lightning_modules.diffusion.loss_weighting import edm_monotonic_weight, sigmoid_weight
-from lightning_modules.diffusion.vp import LogSNRSchedule, alpha_sigma, v_target, vp_interpolate
-from lightning_modules.losses.power_loss import power_loss
+from speedrun_diffusion.lightning_modules.diffusion.flow import expand_like
+from speedrun_diffusion.lightning_modules.diffusion.loss_weighting import edm_monotonic_weight, sigmoid_weight
+from speedrun_diffusion.lightning_modules.diffusion.vp import LogSNRSchedule, alpha_sigma, v_target, vp_interpolate
+from speedrun_diffusion.lightning_modules.losses.power_loss import power_loss
 
 __all__ = ["Weighting", "vp_diffusion_loss"]
 

@@ -1,19 +1,19 @@
 """Whole networks composed from `lightning_modules.blocks`."""
-from lightning_modules.networks.dit import DiT, DiTConfig, DiTOutput, dit_preset, refined_dit_preset
-from lightning_modules.networks.ddt_head import DDTHead, DDTHeadConfig
-from lightning_modules.networks.dit import lightningdit_preset
-from lightning_modules.networks.ditdh import DiTDH, DiTDHConfig, ditdh_preset
-from lightning_modules.networks.invae import INVAE, INVAEConfig
-from lightning_modules.networks.rae import RAE, build_rae, noise_augment
-from lightning_modules.networks.rae_decoder import RAEDecoder, RAEDecoderConfig, rae_decoder_preset
-from lightning_modules.networks.rae_encoder import (
+from speedrun_diffusion.lightning_modules.networks.dit import DiT, DiTConfig, DiTOutput, dit_preset, refined_dit_preset
+from speedrun_diffusion.lightning_modules.networks.ddt_head import DDTHead, DDTHeadConfig
+from speedrun_diffusion.lightning_modules.networks.dit import lightningdit_preset
+from speedrun_diffusion.lightning_modules.networks.ditdh import DiTDH, DiTDHConfig, ditdh_preset
+from speedrun_diffusion.lightning_modules.networks.invae import INVAE, INVAEConfig
+from speedrun_diffusion.lightning_modules.networks.rae import RAE, build_rae, noise_augment
+from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, RAEDecoderConfig, rae_decoder_preset
+from speedrun_diffusion.lightning_modules.networks.rae_encoder import (
     RepresentationEncoder,
     RepresentationEncoderConfig,
     representation_encoder_preset,
 )
-from lightning_modules.networks.sprint import SprintConfig, SprintDiT, build_dit
-from lightning_modules.networks.uvit import UViT, UViTConfig, uvit_preset
-from lightning_modules.networks.vit_vae import ViTVAE, ViTVAEConfig, vit_vae_preset
+from speedrun_diffusion.lightning_modules.networks.sprint import SprintConfig, SprintDiT, build_dit
+from speedrun_diffusion.lightning_modules.networks.uvit import UViT, UViTConfig, uvit_preset
+from speedrun_diffusion.lightning_modules.networks.vit_vae import ViTVAE, ViTVAEConfig, vit_vae_preset
 
 __all__ = ["DiT", "DiTConfig", "DiTOutput", "INVAE", "INVAEConfig", "SprintConfig", "SprintDiT", "UViT",
            "UViTConfig", "build_dit", "dit_preset", "uvit_preset"]

@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.blocks import PatchEmbed, RoPE2D, unpatchify
-from lightning_modules.networks.dit import DiTBlock, DiTConfig, FinalLayer
+from speedrun_diffusion.lightning_modules.blocks import PatchEmbed, RoPE2D, unpatchify
+from speedrun_diffusion.lightning_modules.networks.dit import DiTBlock, DiTConfig, FinalLayer
 
 # RAE Table 16 head widths with the Table 13 head counts of the same width: name -> (width, heads).
 DDT_HEAD_WIDTHS: dict[str, tuple[int, int]] = {

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.blocks import Attention, Mlp, PatchEmbed
+from speedrun_diffusion.lightning_modules.blocks import Attention, Mlp, PatchEmbed
 
 # DINO ViT recipes of the official discriminator (src/disc/dinodisc.py ``recipes``); RAE trains with S_8.
 DINO_RECIPES: dict[str, dict[str, Any]] = {
@@ -132,7 +132,7 @@ def load_dino_backbone(backbone: DinoViT, checkpoint: str | Path | Mapping[str, 
 
     As the official loader, the key third of every ``qkv`` bias is zeroed (softmax is invariant to it).
     """
-    from lightning_modules.checkpoints.registry import load_strict
+    from speedrun_diffusion.lightning_modules.checkpoints.registry import load_strict
 
     if isinstance(checkpoint, (str, Path)):
         path = Path(checkpoint)

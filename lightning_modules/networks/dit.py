@@ -36,7 +36,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.blocks import (
+from speedrun_diffusion.lightning_modules.blocks import (
     AdaLNModulation,
     Attention,
     BlockModulationBias,

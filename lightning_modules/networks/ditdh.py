@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.blocks import LabelEmbedder, PatchEmbed, RoPE2D, sincos_2d_pos_embed
-from lightning_modules.networks.ddt_head import DDT_HEAD_WIDTHS, DDTHead, DDTHeadConfig
-from lightning_modules.networks.dit import (
+from speedrun_diffusion.lightning_modules.blocks import LabelEmbedder, PatchEmbed, RoPE2D, sincos_2d_pos_embed
+from speedrun_diffusion.lightning_modules.networks.ddt_head import DDT_HEAD_WIDTHS, DDTHead, DDTHeadConfig
+from speedrun_diffusion.lightning_modules.networks.dit import (
     DIT_SIZES,
     DiTBlock,
     DiTConfig,

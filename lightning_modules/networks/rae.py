@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.networks.rae_decoder import RAEDecoder, rae_decoder_preset
-from lightning_modules.networks.rae_encoder import RepresentationEncoder, representation_encoder_preset
+from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, rae_decoder_preset
+from speedrun_diffusion.lightning_modules.networks.rae_encoder import RepresentationEncoder, representation_encoder_preset
 
 SIGMA_DISTRIBUTIONS = ("uniform", "half_normal")
 
@@ -222,7 +222,7 @@ def build_rae(
     if decoder_path is None:
         dec = RAEDecoder(cfg)
     else:
-        from lightning_modules.checkpoints.loading import load_official_checkpoint
+        from speedrun_diffusion.lightning_modules.checkpoints.loading import load_official_checkpoint
 
         if not Path(decoder_path).is_file():
             raise FileNotFoundError(f"RAE decoder checkpoint not found: {decoder_path}")

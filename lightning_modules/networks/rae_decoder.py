@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.blocks.embeddings import sincos_2d_pos_embed, unpatchify
-from lightning_modules.networks.rae_vit import ViTLayer
+from speedrun_diffusion.lightning_modules.blocks.embeddings import sincos_2d_pos_embed, unpatchify
+from speedrun_diffusion.lightning_modules.networks.rae_vit import ViTLayer
 
 # official configs/decoder/ViT{B,L,XL}/config.json: (hidden, layers, heads, MLP); XL uses MLP 4096, not 4·1152
 RAE_DECODER_SIZES: dict[str, tuple[int, int, int, int]] = {

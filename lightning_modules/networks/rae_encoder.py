@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.blocks.embeddings import PatchEmbed, sincos_2d_pos_embed
-from lightning_modules.networks.rae_vit import ViTLayer
+from speedrun_diffusion.lightning_modules.blocks.embeddings import PatchEmbed, sincos_2d_pos_embed
+from speedrun_diffusion.lightning_modules.networks.rae_vit import ViTLayer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -139,7 +139,7 @@ class RepresentationEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, family: str) -> "RepresentationEncoder":
         """The encoder from a local HF model folder (``config.json`` + weights); see ``load_hf_encoder``."""
-        from lightning_modules.checkpoints.rae_stage1 import load_hf_encoder
+        from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import load_hf_encoder
 
         return load_hf_encoder(path, family)
 
@@ -148,7 +148,7 @@ class RepresentationEncoder(nn.Module):
         cls, family: str, model_name: str | None = None, pretrained: bool = True, **timm_kwargs
     ) -> "RepresentationEncoder":
         """The encoder with a timm model's weights (default the family's RAE model; see ``load_timm_encoder``)."""
-        from lightning_modules.checkpoints.rae_stage1 import load_timm_encoder
+        from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import load_timm_encoder
 
         return load_timm_encoder(family, model_name, pretrained, **timm_kwargs)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.blocks.attention import Attention
-from lightning_modules.blocks.mlp import Mlp
+from speedrun_diffusion.lightning_modules.blocks.attention import Attention
+from speedrun_diffusion.lightning_modules.blocks.mlp import Mlp
 
 
 class LayerScale(nn.Module):

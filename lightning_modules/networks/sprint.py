@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.networks.dit import DiT, DiTConfig, DiTOutput
+from speedrun_diffusion.lightning_modules.networks.dit import DiT, DiTConfig, DiTOutput
 
 
 @dataclass(frozen=True)

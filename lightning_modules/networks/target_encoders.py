@@ -49,7 +49,7 @@ def timm_dinov2_tokens(
 
     state = None
     if weights is not None and not random_weights:
-        from callbacks.features.base import load_weights  # the one safe weight reader of the library
+        from speedrun_diffusion.callbacks.features.base import load_weights  # the one safe weight reader of the library
 
         state = load_weights(weights, f"DINOv2 target encoder ({model_name})")  # fails before building
     pretrained = weights is None and not random_weights

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.blocks import (
+from speedrun_diffusion.lightning_modules.blocks import (
     AdaLNModulation,
     Attention,
     LabelEmbedder,

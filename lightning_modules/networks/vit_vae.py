@@ -32,7 +32,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from lightning_modules.blocks import (
+from speedrun_diffusion.lightning_modules.blocks import (
     Attention,
     PatchEmbed,
     RMSNorm,
@@ -41,7 +41,7 @@ from lightning_modules.blocks import (
     swiglu_hidden_dim,
     unpatchify,
 )
-from lightning_modules.networks.gaussian_autoencoder import GaussianAutoencoder
+from speedrun_diffusion.lightning_modules.networks.gaussian_autoencoder import GaussianAutoencoder
 
 NormKind = Literal["layernorm", "rmsnorm"]
 

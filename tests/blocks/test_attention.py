@@ -5,8 +5,8 @@ import functools
 import pytest
 import torch
 
-from lightning_modules.blocks import AdaLNModulation, Attention, Mlp, RMSNorm, RoPE2D, modulate
-from lightning_modules.blocks.attention import CPU_EXPLICIT_ATTENTION_MAX_TOKENS, dot_product_attention
+from speedrun_diffusion.lightning_modules.blocks import AdaLNModulation, Attention, Mlp, RMSNorm, RoPE2D, modulate
+from speedrun_diffusion.lightning_modules.blocks.attention import CPU_EXPLICIT_ATTENTION_MAX_TOKENS, dot_product_attention
 from tests.conftest import load_case, reference_cases, with_prefix
 
 

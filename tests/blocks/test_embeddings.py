@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.blocks import (
+from speedrun_diffusion.lightning_modules.blocks import (
     GaussianFourierEmbedding,
     LabelEmbedder,
     PatchEmbed,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.blocks import Mlp, SwiGLU, swiglu_hidden_dim
+from speedrun_diffusion.lightning_modules.blocks import Mlp, SwiGLU, swiglu_hidden_dim
 
 
 def test_mlp_shapes_and_formula():

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.blocks import AdaLNModulation, BlockModulationBias, GlobalModulation, modulate
+from speedrun_diffusion.lightning_modules.blocks import AdaLNModulation, BlockModulationBias, GlobalModulation, modulate
 
 
 def test_modulate_broadcasts_over_tokens():

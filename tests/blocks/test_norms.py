@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.blocks import RMSNorm
+from speedrun_diffusion.lightning_modules.blocks import RMSNorm
 
 
 def test_rmsnorm_matches_formula_with_weight():

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.blocks import RoPE2D, grid_position_ids, rope_grid_tables
+from speedrun_diffusion.lightning_modules.blocks import RoPE2D, grid_position_ids, rope_grid_tables
 
 HEAD_DIM, GRID = 16, 5
 

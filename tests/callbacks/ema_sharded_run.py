@@ -11,8 +11,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from callbacks.ema import EMA  # noqa: E402
-from lightning_modules.process_group import leave_process_group  # noqa: E402
+from speedrun_diffusion.callbacks.ema import EMA  # noqa: E402
+from speedrun_diffusion.lightning_modules.process_group import leave_process_group  # noqa: E402
 from tests.callbacks.toy_recipe import RecordTrajectory, ToyRecipe, toy_loader  # noqa: E402
 
 

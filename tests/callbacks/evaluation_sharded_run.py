@@ -12,9 +12,9 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from callbacks.evaluation import Evaluation  # noqa: E402
-from callbacks.metrics import FID, KDD, InceptionScore, PrecisionRecall  # noqa: E402
-from lightning_modules.process_group import leave_process_group  # noqa: E402
+from speedrun_diffusion.callbacks.evaluation import Evaluation  # noqa: E402
+from speedrun_diffusion.callbacks.metrics import FID, KDD, InceptionScore, PrecisionRecall  # noqa: E402
+from speedrun_diffusion.lightning_modules.process_group import leave_process_group  # noqa: E402
 from tests.callbacks.metrics.eval_toy import EvalToyRecipe, image_loader, tiny_dinov2, tiny_inception  # noqa: E402
 
 NUM_SAMPLES, BATCH = 18, 4  # 5 global batches: uneven over 2 ranks, so one rank draws a discarded batch

@@ -11,17 +11,17 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from callbacks import EMA, AutoGuidance
-from datamodules import SyntheticDataModule
-from lightning_modules import SiT
-from lightning_modules.checkpoints import srdit_sit_config
-from lightning_modules.checkpoints.safe_load import safe_torch_load
-from lightning_modules.diffusion import GuidedDenoiser, euler_maruyama_sample, euler_ode_sample
-from lightning_modules.diffusion.samplers import ddpm_ancestral_sample
-from lightning_modules.networks.sprint import SprintDiT
-from lightning_modules.recipe import CheckpointMismatchError
-from lightning_modules.sid2 import SiD2
-from lightning_modules.srdit import SRDiT
+from speedrun_diffusion.callbacks import EMA, AutoGuidance
+from speedrun_diffusion.datamodules import SyntheticDataModule
+from speedrun_diffusion.lightning_modules import SiT
+from speedrun_diffusion.lightning_modules.checkpoints import srdit_sit_config
+from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
+from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, euler_maruyama_sample, euler_ode_sample
+from speedrun_diffusion.lightning_modules.diffusion.samplers import ddpm_ancestral_sample
+from speedrun_diffusion.lightning_modules.networks.sprint import SprintDiT
+from speedrun_diffusion.lightning_modules.recipe import CheckpointMismatchError
+from speedrun_diffusion.lightning_modules.sid2 import SiD2
+from speedrun_diffusion.lightning_modules.srdit import SRDiT
 
 SIT = dict(model="SiT-S/4", input_size=16, in_channels=3, num_classes=4, depth=2, hidden_size=64, num_heads=2,
            num_sample_steps=4, sampler="ode")
@@ -104,7 +104,7 @@ def _hand_built(name: str, module, guide: nn.Module, scale: float, interval, see
 
     def x_hat(net):
         def fn(z, t, y):
-            from lightning_modules.diffusion.vp import alpha_sigma, x_from_v
+            from speedrun_diffusion.lightning_modules.diffusion.vp import alpha_sigma, x_from_v
 
             lam = module.sample_schedule(t.float())
             alpha, sigma = alpha_sigma(lam)
@@ -243,7 +243,7 @@ def test_clear_errors(sit_guide_ckpt, tmp_path):
     path, _, _ = sit_guide_ckpt
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         AutoGuidance(checkpoint=str(tmp_path / "missing.ckpt"), scale=2.0).install(SiT(**SIT))
-    with pytest.raises(CheckpointMismatchError, match="written by recipe lightning_modules.sit.SiT"):
+    with pytest.raises(CheckpointMismatchError, match="written by recipe speedrun_diffusion.lightning_modules.sit.SiT"):
         AutoGuidance(checkpoint=str(path), scale=2.0).install(_recipe("sid2"))
     with pytest.raises(ValueError, match="needs checkpoint="):
         AutoGuidance(scale=2.0).install(SiT(**SIT))
@@ -264,7 +264,7 @@ def test_clear_errors(sit_guide_ckpt, tmp_path):
 # ------------------------------------------------------------------------------------------ configs
 def test_sid2_autoguidance_configs_compose_and_the_guide_config_fits_the_main_model(tmp_path, monkeypatch):
     """configs/sid2/autoguidance: the guide config's network is accepted by the add-on's callback on tiny_cpu.yaml."""
-    from lightning_modules.cli import build_cli
+    from speedrun_diffusion.lightning_modules.cli import build_cli
 
     root = Path(__file__).resolve().parents[2] / "configs" / "sid2"
     monkeypatch.setattr("sys.argv", ["speedrun-diffusion"])

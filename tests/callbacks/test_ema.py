@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from callbacks.ema import EMA
+from speedrun_diffusion.callbacks.ema import EMA
 from tests.callbacks.toy_recipe import RecordTrajectory, ToyRecipe, analytic_ema, full_parameters, toy_loader
 
 ROOT = Path(__file__).resolve().parents[2]

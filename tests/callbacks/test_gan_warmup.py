@@ -6,8 +6,8 @@ import lightning as L
 import pytest
 import torch
 
-from callbacks import GANWarmup
-from lightning_modules.losses.gan import GANPhase
+from speedrun_diffusion.callbacks import GANWarmup
+from speedrun_diffusion.lightning_modules.losses.gan import GANPhase
 from tests.callbacks.toy_recipe import ToyRecipe, toy_loader
 
 

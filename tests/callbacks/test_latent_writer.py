@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from callbacks import LatentWriter
-from datamodules import SplitForPredict, SyntheticDataModule
-from lightning_modules import LatentEncoder
-from lightning_modules.networks.invae import INVAE, INVAEConfig
+from speedrun_diffusion.callbacks import LatentWriter
+from speedrun_diffusion.datamodules import SplitForPredict, SyntheticDataModule
+from speedrun_diffusion.lightning_modules import LatentEncoder
+from speedrun_diffusion.lightning_modules.networks.invae import INVAE, INVAEConfig
 
 RES, N = 16, 12
 

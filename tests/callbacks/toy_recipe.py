@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_modules.recipe import DiffusionRecipe
+from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe
 
 GLOBAL_BATCH = 8
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import ImageFolderImages, ImageNetDataModule, adm_center_crop
-from datamodules.imagenet import CorruptImageError
-from datamodules.pixels import uint8_to_model_range
+from speedrun_diffusion.datamodules import ImageFolderImages, ImageNetDataModule, adm_center_crop
+from speedrun_diffusion.datamodules.imagenet import CorruptImageError
+from speedrun_diffusion.datamodules.pixels import uint8_to_model_range
 from tests.datamodules.test_synthetic import MeanColourClassifier, quiet_trainer_arguments
 
 RESOLUTION = 64

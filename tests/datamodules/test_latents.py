@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from datamodules import LatentDataModule, LatentDataset
-from lightning_modules.srdit import SRDiT
+from speedrun_diffusion.datamodules import LatentDataModule, LatentDataset
+from speedrun_diffusion.lightning_modules.srdit import SRDiT
 from tests.callbacks.test_latent_writer import N, RES, read_all, source, tiny_vae, write_cache
 from tests.lightning_modules.test_srdit import PatchTokens
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.pixels import uint8_to_model_range
-from datamodules.shape_classifier import colour_augment, render_dataset, shape_accuracy, train_shape_classifier
-from datamodules.shapes import SHAPES
-from datamodules.synthetic import COLOUR_SCHEMES, render_uint8
+from speedrun_diffusion.datamodules.pixels import uint8_to_model_range
+from speedrun_diffusion.datamodules.shape_classifier import colour_augment, render_dataset, shape_accuracy, train_shape_classifier
+from speedrun_diffusion.datamodules.shapes import SHAPES
+from speedrun_diffusion.datamodules.synthetic import COLOUR_SCHEMES, render_uint8
 
 RESOLUTION = 32
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules import SyntheticDataModule, SyntheticImages
-from datamodules.pixels import model_range_to_uint8
-from datamodules.shapes import SHAPES
-from datamodules.synthetic import _SHAPE_EXTENT, COLOUR_SCHEMES, MAX_CLASSES, render_uint8
+from speedrun_diffusion.datamodules import SyntheticDataModule, SyntheticImages
+from speedrun_diffusion.datamodules.pixels import model_range_to_uint8
+from speedrun_diffusion.datamodules.shapes import SHAPES
+from speedrun_diffusion.datamodules.synthetic import _SHAPE_EXTENT, COLOUR_SCHEMES, MAX_CLASSES, render_uint8
 
 
 def _stack(dataset: SyntheticImages, indices: range) -> tuple[torch.Tensor, torch.Tensor]:

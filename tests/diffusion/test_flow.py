@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.diffusion import (
+from speedrun_diffusion.lightning_modules.diffusion import (
     TimeSampler,
     dimension_shift,
     expand_like,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.diffusion import (
+from speedrun_diffusion.lightning_modules.diffusion import (
     GuidedDenoiser,
     LogSNRSchedule,
     euler_maruyama_sample,

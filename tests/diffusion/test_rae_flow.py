@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from lightning_modules.diffusion import shift_time
-from lightning_modules.diffusion.rae_flow import RAETransport, rae_sample, rae_shift, rae_time_grid
-from lightning_modules.losses.rae_transport import rae_transport_loss
+from speedrun_diffusion.lightning_modules.diffusion import shift_time
+from speedrun_diffusion.lightning_modules.diffusion.rae_flow import RAETransport, rae_sample, rae_shift, rae_time_grid
+from speedrun_diffusion.lightning_modules.losses.rae_transport import rae_transport_loss
 
 
 def test_dimension_dependent_shift():
@@ -35,7 +35,7 @@ def test_training_times_follow_the_shifted_law(kind):
 
 
 def test_logit_normal_is_truncated_at_t_max():
-    from lightning_modules.diffusion import TimeSampler
+    from speedrun_diffusion.lightning_modules.diffusion import TimeSampler
 
     sampler = TimeSampler("logit_normal", mean=1.0, std=2.0, t_max=0.9)  # Φ(b) ≈ 0.71: truncation matters
     t = sampler(40_000, generator=torch.Generator().manual_seed(0))

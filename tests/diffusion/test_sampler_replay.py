@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.diffusion import GuidedDenoiser, euler_maruyama_sample, flow_time_grid
+from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, euler_maruyama_sample, flow_time_grid
 from tests.conftest import load_case, reference_cases
 
 

@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-import lightning_modules.diffusion.samplers as samplers_module
-from lightning_modules.diffusion import (
+import speedrun_diffusion.lightning_modules.diffusion.samplers as samplers_module
+from speedrun_diffusion.lightning_modules.diffusion import (
     LogSNRSchedule,
     alpha_sigma,
     ddpm_ancestral_sample,

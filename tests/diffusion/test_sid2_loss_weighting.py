@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from lightning_modules.diffusion.loss_weighting import (
+from speedrun_diffusion.lightning_modules.diffusion.loss_weighting import (
     edm_monotonic_weight,
     sid2_loss_bias,
     sigmoid_weight,
     time_shifted_bias,
 )
-from lightning_modules.diffusion.vp import LogSNRSchedule, alpha_sigma, eps_from_x, vp_interpolate
+from speedrun_diffusion.lightning_modules.diffusion.vp import LogSNRSchedule, alpha_sigma, eps_from_x, vp_interpolate
 
 
 def _sig(x: float) -> float:

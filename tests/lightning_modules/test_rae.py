@@ -14,13 +14,13 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from callbacks import GANWarmup
-from datamodules import SyntheticDataModule
-from lightning_modules.diffusion import rae_sample
-from lightning_modules.losses.gan import GANPhase
-from lightning_modules.losses.lpips import LPIPS, ConvFeatures
-from lightning_modules.networks.discriminators import DinoDiscriminator
-from lightning_modules.rae import RAEStage1, RAEStage2, ema_shadow, hold_linear_factor, rae_denoiser
+from speedrun_diffusion.callbacks import GANWarmup
+from speedrun_diffusion.datamodules import SyntheticDataModule
+from speedrun_diffusion.lightning_modules.diffusion import rae_sample
+from speedrun_diffusion.lightning_modules.losses.gan import GANPhase
+from speedrun_diffusion.lightning_modules.losses.lpips import LPIPS, ConvFeatures
+from speedrun_diffusion.lightning_modules.networks.discriminators import DinoDiscriminator
+from speedrun_diffusion.lightning_modules.rae import RAEStage1, RAEStage2, ema_shadow, hold_linear_factor, rae_denoiser
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "rae"
@@ -174,8 +174,8 @@ def test_autoguidance_changes_samples_and_equals_the_guided_formula():
 
 
 def test_autoguidance_callback_rebuilds_the_guide_from_a_stage2_checkpoint(tmp_path):
-    """callbacks.AutoGuidance builds the guide network alone (net_from_hparams: no tokenizer, no weight files)."""
-    from callbacks import AutoGuidance
+    """speedrun_diffusion.callbacks.AutoGuidance builds the guide network alone (net_from_hparams: no tokenizer, no weight files)."""
+    from speedrun_diffusion.callbacks import AutoGuidance
 
     guide_module = tiny_stage2(depth=1, hidden_size=32, head_hidden_size=32)
     for p in guide_module.net.parameters():
@@ -225,7 +225,7 @@ def _callback(config: dict, name: str) -> dict:
 def test_tiny_chain_runs_end_to_end_through_the_cli(tmp_path, monkeypatch):
     """stage 1 fit (GAN on at steps 2 / 3) → predict: cached latents + statistics → stage 2 fit on the cache →
     samples decoded by the stage-1 EMA decoder into images in [-1, 1]."""
-    from lightning_modules.cli import build_cli
+    from speedrun_diffusion.lightning_modules.cli import build_cli
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["speedrun-diffusion"])

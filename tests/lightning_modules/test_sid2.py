@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from lightning_modules.cli import build_cli
-from lightning_modules.diffusion.vp import alpha_sigma
-from lightning_modules.networks.uvit import uvit_preset
-from lightning_modules.sid2 import SiD2
+from speedrun_diffusion.lightning_modules.cli import build_cli
+from speedrun_diffusion.lightning_modules.diffusion.vp import alpha_sigma
+from speedrun_diffusion.lightning_modules.networks.uvit import uvit_preset
+from speedrun_diffusion.lightning_modules.sid2 import SiD2
 from tests.diffusion.gaussian_toy import MU, SIGMA, assert_moments, gaussian_noise, vp_x_posterior
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ TINY = dict(preset=None, resolution=16, num_classes=4, patch_size=2, channels=[3
 
 
 def _batch(n: int = 16, res: int = 16) -> dict[str, torch.Tensor]:
-    from datamodules import SyntheticDataModule
+    from speedrun_diffusion.datamodules import SyntheticDataModule
 
     data = SyntheticDataModule(resolution=res, num_classes=4, train_size=n, batch_size=n)
     data.setup("fit")
@@ -147,7 +147,7 @@ def test_paper_configs_build_on_meta(name: str):
     assert cfg["trainer"]["max_steps"] == (1_000_000 if preset == "small" else 800_000) or "finetune" in name
     t = cfg["trainer"]
     assert t["num_nodes"] * t["devices"] * data["batch_size"] == 2048
-    assert [c["init_args"]["decay"] for c in t["callbacks"] if c["class_path"] == "callbacks.EMA"] == [0.9999]
+    assert [c["init_args"]["decay"] for c in t["callbacks"] if c["class_path"] == "speedrun_diffusion.callbacks.EMA"] == [0.9999]
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from callbacks import EMA, LogSamples
-from datamodules import SyntheticDataModule
-from lightning_modules import SiT
+from speedrun_diffusion.callbacks import EMA, LogSamples
+from speedrun_diffusion.datamodules import SyntheticDataModule
+from speedrun_diffusion.lightning_modules import SiT
 
 TINY = dict(model="SiT-S/4", input_size=16, in_channels=3, num_classes=4, depth=2, hidden_size=64, num_heads=2,
             num_sample_steps=6, sampler="ode")

@@ -15,15 +15,15 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from datamodules import SyntheticDataModule
-from lightning_modules.diffusion import euler_ode_sample, flow_interpolate
-from lightning_modules.losses.gan import GANPhase, LeCamRegularizer, hinge_d_loss, lecam_regularization
-from lightning_modules.losses.lpips import LPIPS, ConvFeatures
-from lightning_modules.losses.speeddiff_loss import speeddiff_discriminator_losses, speeddiff_generator_losses
-from lightning_modules.losses.tpr import tpr_loss
-from lightning_modules.networks.discriminators import PatchGANDiscriminator
-from lightning_modules.networks.target_encoders import DINOv2Targets
-from lightning_modules.speeddiff import SpeedDiff
+from speedrun_diffusion.datamodules import SyntheticDataModule
+from speedrun_diffusion.lightning_modules.diffusion import euler_ode_sample, flow_interpolate
+from speedrun_diffusion.lightning_modules.losses.gan import GANPhase, LeCamRegularizer, hinge_d_loss, lecam_regularization
+from speedrun_diffusion.lightning_modules.losses.lpips import LPIPS, ConvFeatures
+from speedrun_diffusion.lightning_modules.losses.speeddiff_loss import speeddiff_discriminator_losses, speeddiff_generator_losses
+from speedrun_diffusion.lightning_modules.losses.tpr import tpr_loss
+from speedrun_diffusion.lightning_modules.networks.discriminators import PatchGANDiscriminator
+from speedrun_diffusion.lightning_modules.networks.target_encoders import DINOv2Targets
+from speedrun_diffusion.lightning_modules.speeddiff import SpeedDiff
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "speeddiff"
@@ -186,7 +186,7 @@ def test_checkpoint_resumes_vae_discriminator_and_lecam_and_the_bad_model_freeze
     trainer3.save_checkpoint(tmp_path / "bad.ckpt")
 
     # callbacks.AutoGuidance rebuilds the bad denoiser alone (net_from_hparams) and sample() uses it
-    from callbacks import AutoGuidance
+    from speedrun_diffusion.callbacks import AutoGuidance
 
     main = tiny(repa_pp=False)
     for p in main.net.parameters():  # non-trivial outputs (the adaLN-zero init makes them 0)
@@ -238,7 +238,7 @@ def _callback(config: dict, name: str) -> dict:
 
 
 def test_tiny_config_then_bad_model_then_autoguided_validation_through_the_cli(tmp_path, monkeypatch):
-    from lightning_modules.cli import build_cli
+    from speedrun_diffusion.lightning_modules.cli import build_cli
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["speedrun-diffusion"])

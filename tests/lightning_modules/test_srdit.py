@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.networks.invae import INVAE, INVAEConfig
-from lightning_modules.srdit import SRDiT
+from speedrun_diffusion.lightning_modules.networks.invae import INVAE, INVAEConfig
+from speedrun_diffusion.lightning_modules.srdit import SRDiT
 
 
 class PatchTokens(nn.Module):

@@ -7,7 +7,7 @@ import math
 import lightning as L
 import torch
 
-from callbacks import Evaluation
+from speedrun_diffusion.callbacks import Evaluation
 from tests.callbacks.metrics.eval_toy import image_loader, tiny_dinov2, tiny_inception
 from tests.lightning_modules.test_srdit import _module
 

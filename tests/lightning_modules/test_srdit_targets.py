@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
-from lightning_modules.networks.target_encoders import IMAGENET_MEAN, IMAGENET_STD, DINOv2Targets, timm_dinov2_tokens
+from speedrun_diffusion.lightning_modules.networks.target_encoders import IMAGENET_MEAN, IMAGENET_STD, DINOv2Targets, timm_dinov2_tokens
 
 TINY = {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2}
 

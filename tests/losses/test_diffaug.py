@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.losses.diffaug import DiffAug, color, cutout, translate
+from speedrun_diffusion.lightning_modules.losses.diffaug import DiffAug, color, cutout, translate
 
 
 def test_translation_is_shift_with_zero_fill() -> None:

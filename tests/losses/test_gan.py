@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.losses.gan import (
+from speedrun_diffusion.lightning_modules.losses.gan import (
     LeCamRegularizer,
     adaptive_weight,
     disc_accuracy,

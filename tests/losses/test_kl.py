@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from lightning_modules.losses.kl import gaussian_kl, kl_loss
-from lightning_modules.networks.invae import DiagonalGaussian
+from speedrun_diffusion.lightning_modules.losses.kl import gaussian_kl, kl_loss
+from speedrun_diffusion.lightning_modules.networks.invae import DiagonalGaussian
 
 
 def test_matches_eq11_on_known_values():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.checkpoints.rae_stage1_gan import official_lpips_state_dict
-from lightning_modules.losses.lpips import (
+from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1_gan import official_lpips_state_dict
+from speedrun_diffusion.lightning_modules.losses.lpips import (
     LPIPS,
     VGG16_CHANNELS,
     ConvFeatures,

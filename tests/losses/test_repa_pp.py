@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.losses.repa import negative_cosine
-from lightning_modules.losses.repa_pp import REPAPlusPlus, capture_block_output, latent_tokens
-from lightning_modules.networks.dit import DiT, refined_dit_preset
+from speedrun_diffusion.lightning_modules.losses.repa import negative_cosine
+from speedrun_diffusion.lightning_modules.losses.repa_pp import REPAPlusPlus, capture_block_output, latent_tokens
+from speedrun_diffusion.lightning_modules.networks.dit import DiT, refined_dit_preset
 
 
 def test_terms_are_negative_cosines_of_the_adapters():

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from lightning_modules.diffusion.vp import LogSNRSchedule, alpha_sigma, eps_from_v, vp_interpolate
-from lightning_modules.losses.power_loss import haar_1d, haar_subbands, power_loss
-from lightning_modules.losses.sigmoid_loss import vp_diffusion_loss
+from speedrun_diffusion.lightning_modules.diffusion.vp import LogSNRSchedule, alpha_sigma, eps_from_v, vp_interpolate
+from speedrun_diffusion.lightning_modules.losses.power_loss import haar_1d, haar_subbands, power_loss
+from speedrun_diffusion.lightning_modules.losses.sigmoid_loss import vp_diffusion_loss
 
 
 @pytest.mark.parametrize("levels", [0, 1, 2, 3])

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.losses.contrastive_flow import contrastive_flow_loss, contrastive_targets
-from lightning_modules.losses.reg import cls_velocity_loss
-from lightning_modules.losses.repa import negative_cosine, repa_loss
-from lightning_modules.losses.srdit_loss import SRDiTLoss
-from lightning_modules.networks.dit import DiTConfig
-from lightning_modules.networks.sprint import SprintDiT
+from speedrun_diffusion.lightning_modules.losses.contrastive_flow import contrastive_flow_loss, contrastive_targets
+from speedrun_diffusion.lightning_modules.losses.reg import cls_velocity_loss
+from speedrun_diffusion.lightning_modules.losses.repa import negative_cosine, repa_loss
+from speedrun_diffusion.lightning_modules.losses.srdit_loss import SRDiTLoss
+from speedrun_diffusion.lightning_modules.networks.dit import DiTConfig
+from speedrun_diffusion.lightning_modules.networks.sprint import SprintDiT
 
 
 def test_repa_cosine_limits():

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.losses.flow_matching import velocity_mse
-from lightning_modules.losses.tpr import tpr_loss, tweedie_latent
-from lightning_modules.networks.dit import DiT, refined_dit_preset
-from lightning_modules.networks.vit_vae import ViTVAE, vit_vae_preset
+from speedrun_diffusion.lightning_modules.losses.flow_matching import velocity_mse
+from speedrun_diffusion.lightning_modules.losses.tpr import tpr_loss, tweedie_latent
+from speedrun_diffusion.lightning_modules.networks.dit import DiT, refined_dit_preset
+from speedrun_diffusion.lightning_modules.networks.vit_vae import ViTVAE, vit_vae_preset
 
 
 def test_tweedie_recovers_z0_with_exact_velocity():

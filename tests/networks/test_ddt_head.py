@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from lightning_modules.checkpoints.rae_stage2 import rae_ditdh_config, rae_lightningdit_config
-from lightning_modules.networks.ddt_head import DDT_HEAD_WIDTHS, DDTHead, DDTHeadConfig
-from lightning_modules.networks.dit import DIT_SIZES, DiT, count_parameters, lightningdit_preset, official_parameter_count
-from lightning_modules.networks.ditdh import DiTDH, DiTDHConfig, ditdh_preset
-from lightning_modules.losses.rae_transport import rae_transport_loss
-from lightning_modules.diffusion.rae_flow import RAETransport
+from speedrun_diffusion.lightning_modules.checkpoints.rae_stage2 import rae_ditdh_config, rae_lightningdit_config
+from speedrun_diffusion.lightning_modules.networks.ddt_head import DDT_HEAD_WIDTHS, DDTHead, DDTHeadConfig
+from speedrun_diffusion.lightning_modules.networks.dit import DIT_SIZES, DiT, count_parameters, lightningdit_preset, official_parameter_count
+from speedrun_diffusion.lightning_modules.networks.ditdh import DiTDH, DiTDHConfig, ditdh_preset
+from speedrun_diffusion.lightning_modules.losses.rae_transport import rae_transport_loss
+from speedrun_diffusion.lightning_modules.diffusion.rae_flow import RAETransport
 from tests.conftest import REFERENCE_DIR
 
 COUNTS_PATH = REFERENCE_DIR / "rae_stage2" / "param_counts.json"

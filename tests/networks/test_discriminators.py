@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.checkpoints import OfficialCheckpointError, import_official
-from lightning_modules.networks.discriminators import (
+from speedrun_diffusion.lightning_modules.checkpoints import OfficialCheckpointError, import_official
+from speedrun_diffusion.lightning_modules.networks.discriminators import (
     BatchNormLocal,
     DinoDiscriminator,
     DinoViT,

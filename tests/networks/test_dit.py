@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.networks.dit import DIT_SIZES, DiT, DiTConfig, count_parameters, dit_preset
+from speedrun_diffusion.lightning_modules.networks.dit import DIT_SIZES, DiT, DiTConfig, count_parameters, dit_preset
 
 
 def tiny(**kw) -> DiTConfig:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.blocks.conv_autoencoder import ConvResnetBlock, Downsample, SpatialSelfAttention, Upsample
-from lightning_modules.networks.invae import INVAE, DiagonalGaussian, INVAEConfig
+from speedrun_diffusion.lightning_modules.blocks.conv_autoencoder import ConvResnetBlock, Downsample, SpatialSelfAttention, Upsample
+from speedrun_diffusion.lightning_modules.networks.invae import INVAE, DiagonalGaussian, INVAEConfig
 
 TINY = INVAEConfig(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), resolution=8)
 

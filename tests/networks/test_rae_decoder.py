@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.blocks.embeddings import sincos_2d_pos_embed
-from lightning_modules.checkpoints import OfficialCheckpointError, import_official
-from lightning_modules.networks.rae import RAE
-from lightning_modules.networks.rae_decoder import RAEDecoder, RAEDecoderConfig, rae_decoder_preset
-from lightning_modules.networks.rae_encoder import RepresentationEncoder, representation_encoder_preset
+from speedrun_diffusion.lightning_modules.blocks.embeddings import sincos_2d_pos_embed
+from speedrun_diffusion.lightning_modules.checkpoints import OfficialCheckpointError, import_official
+from speedrun_diffusion.lightning_modules.networks.rae import RAE
+from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, RAEDecoderConfig, rae_decoder_preset
+from speedrun_diffusion.lightning_modules.networks.rae_encoder import RepresentationEncoder, representation_encoder_preset
 
 TINY = RAEDecoderConfig(latent_dim=8, hidden_size=16, depth=2, num_heads=2, mlp_dim=32, patch_size=4, num_patches=16)
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.networks.rae import RAE, build_rae, noise_augment
-from lightning_modules.networks.rae_decoder import RAEDecoder, RAEDecoderConfig
-from lightning_modules.networks.rae_encoder import RepresentationEncoder, representation_encoder_preset
+from speedrun_diffusion.lightning_modules.networks.rae import RAE, build_rae, noise_augment
+from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, RAEDecoderConfig
+from speedrun_diffusion.lightning_modules.networks.rae_encoder import RepresentationEncoder, representation_encoder_preset
 
 SMALL = dict(hidden_size=16, depth=1, num_heads=2, mlp_dim=32)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.blocks import BlockModulationBias, GlobalModulation
-from lightning_modules.flops import count_macs
-from lightning_modules.networks.dit import (
+from speedrun_diffusion.lightning_modules.blocks import BlockModulationBias, GlobalModulation
+from speedrun_diffusion.lightning_modules.flops import count_macs
+from speedrun_diffusion.lightning_modules.networks.dit import (
     REFINED_DIT_SIZES,
     DiT,
     count_parameters,

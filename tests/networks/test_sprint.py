@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.networks.dit import DiT, DiTConfig, DiTOutput
-from lightning_modules.networks.sprint import SprintConfig, SprintDiT, build_dit, gather_tokens, random_keep_ids
+from speedrun_diffusion.lightning_modules.networks.dit import DiT, DiTConfig, DiTOutput
+from speedrun_diffusion.lightning_modules.networks.sprint import SprintConfig, SprintDiT, build_dit, gather_tokens, random_keep_ids
 
 SRDIT = dict(norm="rmsnorm", qk_norm=True, rope=True, value_residual=True)
 

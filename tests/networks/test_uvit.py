@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lightning_modules.networks.uvit import (
+from speedrun_diffusion.lightning_modules.networks.uvit import (
     UViT,
     UViTConfig,
     measured_gflops,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.flops import count_macs
-from lightning_modules.networks.dit import count_parameters
-from lightning_modules.networks.vit_vae import VIT_VAE_SIZES, ViTVAE, ViTVAEConfig, vit_vae_preset
+from speedrun_diffusion.lightning_modules.flops import count_macs
+from speedrun_diffusion.lightning_modules.networks.dit import count_parameters
+from speedrun_diffusion.lightning_modules.networks.vit_vae import VIT_VAE_SIZES, ViTVAE, ViTVAEConfig, vit_vae_preset
 
 
 def tiny(resolution: int = 256, **kw) -> ViTVAEConfig:

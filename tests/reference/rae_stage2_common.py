@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.checkpoints import import_official
+from speedrun_diffusion.lightning_modules.checkpoints import import_official
 from tests.conftest import load_case, reference_cases, with_prefix
 
 AREA = "rae_stage2"

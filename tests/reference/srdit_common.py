@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_modules.checkpoints import import_official
+from speedrun_diffusion.lightning_modules.checkpoints import import_official
 from tests.conftest import load_case, with_prefix
 
 

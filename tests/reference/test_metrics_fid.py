@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from callbacks.features import spatial_features
-from callbacks.metrics import FID, SFID
+from speedrun_diffusion.callbacks.features import spatial_features
+from speedrun_diffusion.callbacks.metrics import FID, SFID
 from tests.conftest import load_case, reference_cases
 
 FID_CASES = [p for case in ("fid", "fid_identical", "fid_small_n") for p in reference_cases("metrics", case)]

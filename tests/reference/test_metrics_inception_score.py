@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from callbacks.metrics import InceptionScore
-from callbacks.metrics.inception_score import ADM_SPLIT_SIZE, inception_score_torch_fidelity
+from speedrun_diffusion.callbacks.metrics import InceptionScore
+from speedrun_diffusion.callbacks.metrics.inception_score import ADM_SPLIT_SIZE, inception_score_torch_fidelity
 from tests.conftest import load_case, reference_cases
 
 

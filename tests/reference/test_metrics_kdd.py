@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from callbacks.metrics import KDD, kernel_distance, polynomial_mmd
-from callbacks.metrics.kdd import dgm_subset_indices
+from speedrun_diffusion.callbacks.metrics import KDD, kernel_distance, polynomial_mmd
+from speedrun_diffusion.callbacks.metrics.kdd import dgm_subset_indices
 from tests.conftest import load_case, reference_cases
 
 CASES = [p for case in ("kdd", "kdd_identical") for p in reference_cases("metrics", case)]
@@ -54,7 +54,7 @@ def test_kdd_metric_several_updates_with_recorded_subsets(kdd_case):
 
 def test_kdd_per_subset_products_path_matches(kdd_case, monkeypatch):
     """Large sets take per-subset kernel products (no full Gram matrix): same values on a few subsets."""
-    import callbacks.metrics.kdd as kdd_module
+    import speedrun_diffusion.callbacks.metrics.kdd as kdd_module
 
     spec, t, _ = kdd_case
     monkeypatch.setattr(kdd_module, "GRAM_LIMIT", 0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from callbacks.metrics import PrecisionRecall
-from callbacks.metrics.precision_recall import precision_recall
+from speedrun_diffusion.callbacks.metrics import PrecisionRecall
+from speedrun_diffusion.callbacks.metrics.precision_recall import precision_recall
 from tests.conftest import load_case, reference_cases
 
 CASES = [p for case in ("precision_recall", "precision_recall_identical") for p in reference_cases("metrics", case)]

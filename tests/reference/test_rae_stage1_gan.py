@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_modules.blocks import patchify
-from lightning_modules.checkpoints import OFFICIAL_IMPORTERS, import_official
-from lightning_modules.losses.diffaug import DiffAug
-from lightning_modules.losses.gan import (
+from speedrun_diffusion.lightning_modules.blocks import patchify
+from speedrun_diffusion.lightning_modules.checkpoints import OFFICIAL_IMPORTERS, import_official
+from speedrun_diffusion.lightning_modules.losses.diffaug import DiffAug
+from speedrun_diffusion.lightning_modules.losses.gan import (
     adaptive_weight,
     disc_accuracy,
     hinge_d_loss,
@@ -26,9 +26,9 @@ from lightning_modules.losses.gan import (
     vanilla_d_loss,
     vanilla_g_loss,
 )
-from lightning_modules.losses.lpips import LPIPS
-from lightning_modules.networks.discriminators import DINO_RECIPES, DinoDiscriminator
-from lightning_modules.recipe import warmup_schedule_factor
+from speedrun_diffusion.lightning_modules.losses.lpips import LPIPS
+from speedrun_diffusion.lightning_modules.networks.discriminators import DINO_RECIPES, DinoDiscriminator
+from speedrun_diffusion.lightning_modules.recipe import warmup_schedule_factor
 from tests.conftest import REFERENCE_DIR, load_case, reference_cases, with_prefix
 
 AREA = "rae_stage1"

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lightning_modules.checkpoints import import_official
-from lightning_modules.checkpoints.rae_stage1 import OFFICIAL_ENCODER_CLASSES, rae_decoder_config
-from lightning_modules.networks.rae import RAE, noise_augment
-from lightning_modules.networks.rae_decoder import RAEDecoder
-from lightning_modules.networks.rae_encoder import RepresentationEncoder
+from speedrun_diffusion.lightning_modules.checkpoints import import_official
+from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import OFFICIAL_ENCODER_CLASSES, rae_decoder_config
+from speedrun_diffusion.lightning_modules.networks.rae import RAE, noise_augment
+from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder
+from speedrun_diffusion.lightning_modules.networks.rae_encoder import RepresentationEncoder
 from tests.conftest import REFERENCE_DIR, load_case, reference_cases, with_prefix
 
 RAE_CASES = [p for case in ("rae_encode_decode", "rae_siglip2", "rae_mae") for p in reference_cases("rae_stage1", case)]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.diffusion import GuidedDenoiser, TimeSampler, shift_time
-from lightning_modules.diffusion.rae_flow import RAETransport, rae_sample, rae_shift, rae_time_grid
-from lightning_modules.losses.rae_transport import rae_transport_loss
+from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, TimeSampler, shift_time
+from speedrun_diffusion.lightning_modules.diffusion.rae_flow import RAETransport, rae_sample, rae_shift, rae_time_grid
+from speedrun_diffusion.lightning_modules.losses.rae_transport import rae_transport_loss
 from tests.reference.rae_stage2_common import assert_close, cases, load_rae_case, one_thread  # noqa: F401
 
 LOSS = cases("transport_loss", "transport_loss_uniform")

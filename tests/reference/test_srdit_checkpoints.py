@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lightning_modules.checkpoints import (
+from speedrun_diffusion.lightning_modules.checkpoints import (
     OFFICIAL_IMPORTERS,
     OfficialCheckpointError,
     import_official,
@@ -18,7 +18,7 @@ from lightning_modules.checkpoints import (
     srdit_config_from_args,
     srdit_sit_config,
 )
-from lightning_modules.networks.sprint import SprintDiT
+from speedrun_diffusion.lightning_modules.networks.sprint import SprintDiT
 from tests.conftest import reference_cases
 from tests.reference.srdit_common import load_srdit_case
 

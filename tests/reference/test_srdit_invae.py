@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.networks.invae import INVAE
+from speedrun_diffusion.lightning_modules.networks.invae import INVAE
 from tests.conftest import reference_cases
 from tests.reference.srdit_common import assert_matches, load_srdit_case
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.diffusion import dimension_shift, shift_time
-from lightning_modules.losses.srdit_loss import SRDiTLoss
+from speedrun_diffusion.lightning_modules.diffusion import dimension_shift, shift_time
+from speedrun_diffusion.lightning_modules.losses.srdit_loss import SRDiTLoss
 from tests.conftest import reference_cases
 from tests.reference.srdit_common import assert_matches, load_srdit_case
 

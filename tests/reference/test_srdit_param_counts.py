@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from lightning_modules.checkpoints import srdit_invae_config, srdit_sit_config
-from lightning_modules.networks.dit import count_parameters, official_parameter_count
-from lightning_modules.networks.invae import INVAE
-from lightning_modules.networks.sprint import SprintDiT
+from speedrun_diffusion.lightning_modules.checkpoints import srdit_invae_config, srdit_sit_config
+from speedrun_diffusion.lightning_modules.networks.dit import count_parameters, official_parameter_count
+from speedrun_diffusion.lightning_modules.networks.invae import INVAE
+from speedrun_diffusion.lightning_modules.networks.sprint import SprintDiT
 from tests.conftest import REFERENCE_DIR
 
 PATH = REFERENCE_DIR / "srdit" / "param_counts.json"

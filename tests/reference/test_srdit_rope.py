@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.blocks import RoPE2D, rope_grid_tables
+from speedrun_diffusion.lightning_modules.blocks import RoPE2D, rope_grid_tables
 from tests.conftest import REFERENCE_DIR, load_case, reference_cases
 
 # output name -> (input tensor, position ids or None): the six call forms that define the case

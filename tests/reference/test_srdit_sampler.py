@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.diffusion import GuidedDenoiser, dimension_shift, euler_maruyama_sample
+from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, dimension_shift, euler_maruyama_sample
 from tests.conftest import reference_cases
 from tests.reference.srdit_common import assert_matches, load_srdit_case
 

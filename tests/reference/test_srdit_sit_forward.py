@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.networks.dit import DiTOutput
-from lightning_modules.networks.sprint import SprintDiT
+from speedrun_diffusion.lightning_modules.networks.dit import DiTOutput
+from speedrun_diffusion.lightning_modules.networks.sprint import SprintDiT
 from tests.conftest import reference_cases
 from tests.reference.srdit_common import assert_matches, load_srdit_case
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from callbacks.features import DINOv2Features, InceptionFeatures
+from speedrun_diffusion.callbacks.features import DINOv2Features, InceptionFeatures
 from tests.callbacks.toy_recipe import ToyRecipe
 
 RES = 8  # image side of the toy samples

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.ema import EMA
-from callbacks.evaluation import Evaluation, rank_batches
-from callbacks.image_protocol import balanced_labels, nhwc_to_nchw, quantize
-from callbacks.metrics import FID, KDD, InceptionScore, PrecisionRecall
+from speedrun_diffusion.callbacks.ema import EMA
+from speedrun_diffusion.callbacks.evaluation import Evaluation, rank_batches
+from speedrun_diffusion.callbacks.image_protocol import balanced_labels, nhwc_to_nchw, quantize
+from speedrun_diffusion.callbacks.metrics import FID, KDD, InceptionScore, PrecisionRecall
 from tests.callbacks.metrics.eval_toy import EvalToyRecipe, ToyImages, image_loader, tiny_dinov2, tiny_inception
 from tests.conftest import reference_cases
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from callbacks.features import DINOv2Features, InceptionFeatures, hub_interpolate_pos_embed, spatial_features
-from callbacks.features.dinov2 import pil_bicubic_resize, timm_dinov2
-from callbacks.features.inception import torch_fidelity_inception
+from speedrun_diffusion.callbacks.features import DINOv2Features, InceptionFeatures, hub_interpolate_pos_embed, spatial_features
+from speedrun_diffusion.callbacks.features.dinov2 import pil_bicubic_resize, timm_dinov2
+from speedrun_diffusion.callbacks.features.inception import torch_fidelity_inception
 from tests.callbacks.metrics.eval_toy import TinyInception, tiny_dinov2, tiny_inception
 from tests.conftest import load_case, reference_cases
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.image_protocol import balanced_labels, load_reference_npz, quantize, write_npz
+from speedrun_diffusion.callbacks.image_protocol import balanced_labels, load_reference_npz, quantize, write_npz
 
 
 def _level(k: int) -> float:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.metrics import FID, KDD, PSNR, SFID, SSIM, InceptionScore, PrecisionRecall
+from speedrun_diffusion.callbacks.metrics import FID, KDD, PSNR, SFID, SSIM, InceptionScore, PrecisionRecall
 from tests.conftest import reference_cases
 
 PR_CASE = reference_cases("metrics", "precision_recall_identical")
@@ -107,7 +107,7 @@ def test_fid_raises_like_adm_on_a_large_imaginary_part(monkeypatch):
     import scipy.linalg
 
     monkeypatch.setattr(scipy.linalg, "sqrtm", lambda a: np.eye(len(a)) * (1 + 0.01j))
-    from callbacks.metrics import frechet_distance
+    from speedrun_diffusion.callbacks.metrics import frechet_distance
 
     with pytest.raises(ValueError, match="imaginary component"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(3))
