@@ -22,13 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.tables import print_table  # noqa: E402
-from speedrun_diffusion.callbacks.autoguidance import guide_weights_from_checkpoint  # noqa: E402
 from speedrun_diffusion.datamodules.shape_classifier import (  # noqa: E402
     ShapeClassifier, render_dataset, shape_accuracy, train_shape_classifier,
 )
 from speedrun_diffusion.datamodules.synthetic import SyntheticImages  # noqa: E402
-from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load  # noqa: E402
-from speedrun_diffusion.lightning_modules.rae import ema_shadow  # noqa: E402
+from speedrun_diffusion.lightning_modules.weights import network_weights, safe_torch_load  # noqa: E402
 
 
 def load_recipe(path: str, use_ema: bool = True):
@@ -42,8 +40,7 @@ def load_recipe(path: str, use_ema: bool = True):
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
     recipe = cls(**hparams)
     recipe.load_state_dict(checkpoint["state_dict"])
-    use_ema = use_ema and ema_shadow(checkpoint) is not None  # runs without the EMA callback sample raw weights
-    weights, used_ema = guide_weights_from_checkpoint(checkpoint, use_ema, source=path)
+    weights, used_ema = network_weights(checkpoint, "net.", use_ema, source=path)  # raw weights if no EMA ran
     recipe.net.load_state_dict(weights)
     return recipe.eval(), used_ema, checkpoint.get("global_step")
 

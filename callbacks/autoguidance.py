@@ -17,7 +17,7 @@ Guide sources:
   ``load_official_checkpoint`` (its EMA weights when ``use_ema``; ``official_config`` = the official
   constructor kwargs when the file carries none).
 
-Files are read with ``weights_only=True`` (``checkpoints/safe_load.py``): a guide file can hold only tensors
+Files are read with ``weights_only=True`` (``lightning_modules/weights.py``): a guide file can hold only tensors
 and plain containers. The guide is frozen (no gradients, eval mode), kept outside the module tree (never in
 the optimizer nor in ``pl_module.state_dict()``) and moved to the module's device and dtype when fit,
 validation, test or prediction starts. A one-step probe sample with the guide active everywhere then checks
@@ -42,50 +42,20 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
-from speedrun_diffusion.lightning_modules.recipe import CheckpointMismatchError, DiffusionRecipe
+from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe
+from speedrun_diffusion.lightning_modules.weights import (
+    CheckpointMismatchError,
+    load_exact,
+    network_weights,
+    read_checkpoint,
+    recipe_of,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AutoGuidance", "guide_from_lightning_checkpoint", "guide_weights_from_checkpoint"]
-
-
-def _recipe_of(checkpoint: Mapping[str, Any]) -> str | None:
-    """``module.Class`` of the recipe that wrote a Lightning checkpoint (``recipe`` entry, else the CLI's
-    ``_class_path`` hyper-parameter, resolved to where the class is defined)."""
-    saved = checkpoint.get("recipe")
-    if saved:
-        return str(saved)
-    class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
-    if not class_path:
-        return None
-    from speedrun_diffusion.lightning_modules.cli import qualified_class_name
-
-    return qualified_class_name(str(class_path))
-
-
-def guide_weights_from_checkpoint(checkpoint: Mapping[str, Any], use_ema: bool = True,
-                                  source: Any = "checkpoint") -> tuple[dict[str, Tensor], bool]:
-    """(``net`` state dict, whether the EMA shadow was used) of a Lightning checkpoint: the raw ``net.*``
-    tensors (buffers included), with the parameters replaced by ``callbacks.EMA``'s shadow if present and
-    ``use_ema`` (the averaged weights are the ones the papers sample with)."""
-    state = checkpoint.get("state_dict")
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{source} has no state_dict: not a Lightning checkpoint (for an official file set "
-                         "official_kind)")
-    weights = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
-    if not weights:
-        raise ValueError(f"{source}: its state_dict has no 'net.*' tensors (DESIGN: a recipe's denoiser is `net`)")
-    shadows = [s["shadow"] for s in (checkpoint.get("callbacks") or {}).values()
-               if isinstance(s, Mapping) and isinstance(s.get("shadow"), Mapping)]
-    if use_ema and shadows:
-        weights.update(shadows[0])
-        return weights, True
-    if use_ema:
-        log.warning("AutoGuidance: %s has no EMA shadow; the guide uses its raw network weights", source)
-    return weights, False
+__all__ = ["AutoGuidance", "guide_from_lightning_checkpoint"]
 
 
 def guide_from_lightning_checkpoint(recipe: type[DiffusionRecipe], path: str | Path, use_ema: bool = True,
@@ -93,34 +63,20 @@ def guide_from_lightning_checkpoint(recipe: type[DiffusionRecipe], path: str | P
     """(guide network, its hyper-parameters) from a Lightning checkpoint written by ``recipe`` (RAE App. D: an
     early, small checkpoint of the same recipe); raises :class:`CheckpointMismatchError` for another recipe
     or for weights that do not fit the network its hyper-parameters describe."""
-    checkpoint = safe_torch_load(path)
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"guide checkpoint {path} is not a Lightning checkpoint (a dict); for an official file "
-                         "set official_kind")
-    saved, ours = _recipe_of(checkpoint), recipe.recipe_name()
+    checkpoint = read_checkpoint(path, "guide checkpoint")
+    saved, ours = recipe_of(checkpoint), recipe.recipe_name()
     if saved is not None and saved != ours:
         raise CheckpointMismatchError(
             f"guide checkpoint {path} was written by recipe {saved}, but the model is {ours}: autoguidance needs a "
             "(weaker) network of the same recipe — or an official file with official_kind")
     hparams = {**(checkpoint.get("hyper_parameters") or {}), **(overrides or {})}
-    weights, _ = guide_weights_from_checkpoint(checkpoint, use_ema, source=f"guide checkpoint {path}")
+    weights, used_ema = network_weights(checkpoint, "net.", use_ema, source=f"guide checkpoint {path}")
+    if use_ema and not used_ema:
+        log.warning("AutoGuidance: guide checkpoint %s has no EMA shadow; the guide uses its raw network weights",
+                    path)
     net = recipe.net_from_hparams(hparams)
-    _load_exact(net, weights, f"guide checkpoint {path}")
+    load_exact(net, weights, f"guide checkpoint {path} (the network its hyper-parameters describe)")
     return net, hparams
-
-
-def _load_exact(net: nn.Module, weights: Mapping[str, Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with an error naming ``source`` and the offending keys / shapes."""
-    ours = net.state_dict()
-    missing, unexpected = sorted(set(ours) - set(weights)), sorted(set(weights) - set(ours))
-    shapes = sorted(f"{k}: {tuple(weights[k].shape)} vs {tuple(ours[k].shape)}" for k in set(ours) & set(weights)
-                    if weights[k].shape != ours[k].shape and not weights[k].numel() == ours[k].numel() == 1)
-    if missing or unexpected or shapes:
-        parts = [f"{name}: {', '.join(items[:4])}{', ...' if len(items) > 4 else ''}" for name, items in
-                 (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes)) if items]
-        raise CheckpointMismatchError(f"{source} does not fit the network its hyper-parameters describe ("
-                                      + "; ".join(parts) + ")")
-    net.load_state_dict(dict(weights), strict=True)
 
 
 class AutoGuidance(L.Callback):
@@ -232,7 +188,7 @@ class AutoGuidance(L.Callback):
             raise CheckpointMismatchError(f"{where} belong to recipe {state['recipe']}, not {recipe.recipe_name()}")
         self._guide_hparams = dict(state.get("hparams") or {})
         net = recipe.net_from_hparams(self._guide_hparams)
-        _load_exact(net, weights, where)
+        load_exact(net, weights, where)
         return net
 
     # ---------------------------------------------------------------- installing

@@ -14,7 +14,7 @@ is a copy that a kill can interrupt.)
 :class:`AtomicCheckpointIO` is the same idea as a ``CheckpointIO`` plugin for strategies that
 accept one (single device, DDP; not ``ModelParallelStrategy``): pass ``plugins=[AtomicCheckpointIO()]``.
 
-Loading. ``AtomicCheckpointIO.load_checkpoint`` is :func:`~lightning_modules.checkpoints.safe_load.safe_torch_load`,
+Loading. ``AtomicCheckpointIO.load_checkpoint`` is :func:`~lightning_modules.weights.safe_torch_load`,
 ``torch.load(weights_only=True)``: tensors, primitive types and containers only, so a file carrying
 a code payload raises :class:`UnsafeCheckpointError` naming the file before anything runs. An explicit
 ``weights_only=False`` from the caller (``--weights_only false``, for a trusted file holding
@@ -37,7 +37,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from speedrun_diffusion.lightning_modules.checkpoints.safe_load import UnsafeCheckpointError, safe_torch_load
+from speedrun_diffusion.lightning_modules.weights import UnsafeCheckpointError, safe_torch_load
 
 __all__ = ["AtomicCheckpointIO", "AtomicModelCheckpoint", "UnsafeCheckpointError", "atomic_torch_save",
            "commit_checkpoint", "safe_torch_load"]

@@ -19,7 +19,6 @@ error naming the file and both recipes (Lightning would otherwise switch the mod
 """
 from __future__ import annotations
 
-import importlib
 import importlib.resources
 import sys
 import zipfile
@@ -28,19 +27,13 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
 from speedrun_diffusion.lightning_modules.process_group import leave_process_group
-from speedrun_diffusion.lightning_modules.recipe import CheckpointMismatchError
-
-
-def qualified_class_name(class_path: str) -> str:
-    """``module.Class`` where the class is defined (``lightning_modules.SiT`` → ``lightning_modules.sit.SiT``)."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return class_path
-    return f"{cls.__module__}.{cls.__qualname__}"
+from speedrun_diffusion.lightning_modules.weights import (
+    CheckpointMismatchError,
+    qualified_class_name,
+    recipe_of,
+    safe_torch_load,
+)
 
 
 class SpeedrunCLI(LightningCLI):
@@ -62,14 +55,14 @@ class SpeedrunCLI(LightningCLI):
         if ckpt_path and Path(ckpt_path).is_file():
             # mmap (zip format only): tensors stay on disk; a refused pickle raises naming the file
             checkpoint = safe_torch_load(ckpt_path, mmap=zipfile.is_zipfile(ckpt_path) or None)
-            saved = checkpoint.get("recipe") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+            saved = recipe_of(checkpoint)
             model = self.config[subcommand].get("model")
             configured = model.get("class_path") if model is not None else None
-            if saved and configured and qualified_class_name(saved) != qualified_class_name(configured):
+            if saved and configured and saved != qualified_class_name(configured):
                 raise CheckpointMismatchError(
-                    f"checkpoint {ckpt_path} was written by recipe {qualified_class_name(saved)}, but the config "
-                    f"trains {qualified_class_name(configured)} (model.class_path): pass a checkpoint of this "
-                    "recipe, or the config of the recipe that wrote it")
+                    f"checkpoint {ckpt_path} was written by recipe {saved}, but the config trains "
+                    f"{qualified_class_name(configured)} (model.class_path): pass a checkpoint of this recipe, or "
+                    "the config of the recipe that wrote it")
         super()._parse_ckpt_path()
 
 

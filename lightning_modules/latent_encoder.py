@@ -19,6 +19,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from speedrun_diffusion.lightning_modules.checkpoints.srdit import load_invae_weights
+
 LatentMode = Literal["sample", "mean"]
 
 
@@ -65,9 +67,7 @@ class LatentEncoder(L.LightningModule):
         if mode not in ("sample", "mean"):
             raise ValueError(f"mode must be 'sample' or 'mean', got {mode!r}")
         if tokenizer_weights is not None:
-            from speedrun_diffusion.lightning_modules.srdit import load_tokenizer_weights
-
-            load_tokenizer_weights(tokenizer, tokenizer_weights)
+            load_invae_weights(tokenizer, tokenizer_weights)
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         self.target_encoder = target_encoder.eval().requires_grad_(False) if target_encoder is not None else None
         self.mode = mode

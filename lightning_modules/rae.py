@@ -39,10 +39,12 @@ from speedrun_diffusion.lightning_modules.losses.rae_transport import rae_transp
 from speedrun_diffusion.lightning_modules.networks.ddt_head import DDTHeadConfig
 from speedrun_diffusion.lightning_modules.networks.dit import DiT, lightningdit_preset
 from speedrun_diffusion.lightning_modules.networks.ditdh import DiTDH, DiTDHConfig, ditdh_preset
-from speedrun_diffusion.lightning_modules.networks.rae import RAE, build_rae
+from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import build_rae
+from speedrun_diffusion.lightning_modules.networks.rae import RAE
 from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, rae_decoder_preset
 from speedrun_diffusion.lightning_modules.networks.rae_encoder import RepresentationEncoder, representation_encoder_preset
 from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy, warmup_schedule_factor
+from speedrun_diffusion.lightning_modules.weights import ema_weights, load_exact, read_checkpoint, recipe_of, weights_under
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +92,6 @@ TOKENIZER_ARGS = ("encoder", "decoder", "encoder_input_size", "decoder_patch_siz
                   "encoder_overrides", "decoder_overrides")
 
 
-def ema_shadow(checkpoint: Mapping[str, Any]) -> dict[str, Tensor] | None:
-    """The ``callbacks.EMA`` shadow weights stored in a Lightning checkpoint (None if there are none)."""
-    for key, state in (checkpoint.get("callbacks") or {}).items():
-        if str(key).startswith("EMA") and isinstance(state, Mapping) and "shadow" in state:
-            return dict(state["shadow"])
-    return None
-
-
 def load_stage1_tokenizer(path: str | Path, weights: Literal["ema", "model"] = "ema",
                           stats_path: str | Path | None = None) -> RAE:
     """The frozen RAE (encoder + trained decoder) of a ``RAEStage1`` checkpoint, in eval mode, no noise.
@@ -106,12 +100,10 @@ def load_stage1_tokenizer(path: str | Path, weights: Literal["ema", "model"] = "
     tensors; ``weights="ema"`` takes the decoder from the EMA shadow when the run had ``callbacks.EMA``
     (official stage 2 samples with the EMA decoder). ``stats_path``: latent statistics (``{'mean', 'var'}``).
     """
-    from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
-
     if weights not in ("ema", "model"):
         raise ValueError(f"stage1_weights must be 'ema' or 'model', got {weights!r}")
-    checkpoint = safe_torch_load(path)
-    recipe = checkpoint.get("recipe")
+    checkpoint = read_checkpoint(path, "stage1_checkpoint")
+    recipe = recipe_of(checkpoint)
     if recipe is not None and recipe != RAEStage1.recipe_name():
         raise ValueError(f"stage1_checkpoint {path} was written by {recipe}, not {RAEStage1.recipe_name()}")
     hparams = checkpoint.get("hyper_parameters") or {}
@@ -119,13 +111,9 @@ def load_stage1_tokenizer(path: str | Path, weights: Literal["ema", "model"] = "
     if missing:
         raise ValueError(f"stage1_checkpoint {path} has no hyper-parameters {missing}: not a RAEStage1 checkpoint")
     rae = rae_tokenizer(**{k: hparams[k] for k in TOKENIZER_ARGS if k in hparams})
-    state = {k[len("tokenizer."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("tokenizer.")}
-    try:
-        rae.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"stage1_checkpoint {path}: its tokenizer weights do not fit the RAE its hyper-parameters "
-                         f"describe: {error}") from error
-    shadow = ema_shadow(checkpoint) if weights == "ema" else None
+    load_exact(rae, weights_under(checkpoint["state_dict"], "tokenizer."),
+               f"stage1_checkpoint {path} (the tokenizer its hyper-parameters describe)")
+    shadow = ema_weights(checkpoint) if weights == "ema" else None
     if weights == "ema" and shadow is None:
         log.warning("stage1_checkpoint %s holds no EMA weights: using the raw decoder", path)
     if shadow is not None:

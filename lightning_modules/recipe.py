@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from speedrun_diffusion.lightning_modules.weights import CheckpointMismatchError, recipe_of, state_dict_diff
+
 LRSchedule = Literal["constant", "cosine"]
 NonFinitePolicy = Literal["skip", "raise"]
 
@@ -54,10 +56,6 @@ class AutoGuide(NamedTuple):
 
 class NonFiniteLossError(FloatingPointError):
     """A training loss term is NaN or infinite and the recipe's policy is ``nonfinite="raise"``."""
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint was written by another recipe or for another network; the message names the file."""
 
 
 def capture_rng_states() -> dict[str, Any]:
@@ -481,7 +479,7 @@ def check_checkpoint_matches(recipe: DiffusionRecipe, checkpoint: Mapping[str, A
     """Raise :class:`CheckpointMismatchError` (naming ``source``) if ``checkpoint`` was written by another
     recipe class or holds network tensors whose names or shapes differ from ``recipe``'s."""
     where = f"checkpoint {source}" if source is not None else "checkpoint"
-    saved = checkpoint.get("recipe")
+    saved = recipe_of(checkpoint)
     if saved is not None and saved != recipe.recipe_name():
         raise CheckpointMismatchError(
             f"{where} was written by recipe {saved}, not {recipe.recipe_name()}: pass a checkpoint of this "
@@ -492,19 +490,13 @@ def check_checkpoint_matches(recipe: DiffusionRecipe, checkpoint: Mapping[str, A
     ours = {k: v for k, v in recipe.state_dict().items() if torch.is_tensor(v)}
     if any(type(v).__name__ == "DTensor" for v in ours.values()):
         return  # sharded: the strategy's loader checks the distributed state
-    strict = getattr(recipe, "strict_loading", True)  # a recipe may leave e.g. frozen encoders out of checkpoints
-    missing = sorted(set(ours) - set(state)) if strict else []
-    unexpected = sorted(set(state) - set(ours)) if strict else []
-    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(ours[k].shape)}"
-                    for k in set(ours) & set(state) if torch.is_tensor(state[k]) and state[k].shape != ours[k].shape
-                    and not state[k].numel() == ours[k].numel() == 1)  # a scalar saved 0-dim loads (Attention)
-    if missing or unexpected or shapes:
-        parts = [f"{name} ({len(items)}): {', '.join(items[:4])}{', ...' if len(items) > 4 else ''}"
-                 for name, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape mismatches", shapes)) if items]
+    if not getattr(recipe, "strict_loading", True):  # a recipe may leave e.g. frozen encoders out of checkpoints
+        ours, state = ({k: v for k, v in d.items() if k in state and k in ours} for d in (ours, state))
+    diff = state_dict_diff(ours, state)
+    if diff:
         raise CheckpointMismatchError(
-            f"{where} does not fit {type(recipe).__name__} as configured: " + "; ".join(parts)
-            + ". Resume with the configuration that wrote it (its hyper_parameters are stored in the checkpoint)")
+            f"{where} does not fit {type(recipe).__name__} as configured: {diff}. Resume with the configuration "
+            "that wrote it (its hyper_parameters are stored in the checkpoint)")
 
 
 def check_data_fits(recipe: DiffusionRecipe, datamodule: Any) -> None:

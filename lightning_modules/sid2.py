@@ -32,6 +32,7 @@ from speedrun_diffusion.lightning_modules.diffusion.vp import LogSNRSchedule, Sc
 from speedrun_diffusion.lightning_modules.losses.sigmoid_loss import Weighting, vp_diffusion_loss
 from speedrun_diffusion.lightning_modules.networks.uvit import PresetName, UViT, UViTConfig, uvit_preset
 from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
+from speedrun_diffusion.lightning_modules.weights import load_exact, network_weights, read_checkpoint, read_state_dict
 
 __all__ = ["SID2_GUIDANCE_INTERVAL", "SiD2", "sid2_guidance_interval"]
 
@@ -231,25 +232,9 @@ class SiD2(DiffusionRecipe):
     # ---------------------------------------------------------------- fine-tuning (SiD2 Sec. 2.2)
     def load_net_weights(self, path: str | Path, use_ema: bool = True) -> None:
         """Load network weights from a Lightning checkpoint (its EMA shadow if present and ``use_ema``)
-        or a safetensors file (e.g. ``EMA(export_path=...)``); every parameter must be present with its shape."""
-        path = Path(path)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            weights = load_file(str(path))
+        or a safetensors file (e.g. ``EMA(export_path=...)``); every tensor must be present with its shape."""
+        if Path(path).suffix == ".safetensors":
+            weights = read_state_dict(path, "init_from weights")
         else:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            shadows = [s["shadow"] for s in ckpt.get("callbacks", {}).values() if isinstance(s, dict) and "shadow" in s]
-            if use_ema and shadows:
-                weights = shadows[0]
-            else:
-                weights = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        wanted = self.net.state_dict()
-        missing = sorted(set(wanted) - set(weights))
-        if missing:
-            raise ValueError(f"{path} lacks {len(missing)} network tensors, e.g. {missing[:3]}")
-        wrong = [k for k in wanted if weights[k].shape != wanted[k].shape]
-        if wrong:
-            raise ValueError(f"{path}: shapes differ for {wrong[:3]} (e.g. {tuple(weights[wrong[0]].shape)} vs "
-                             f"{tuple(wanted[wrong[0]].shape)}); fine-tuning needs the same network (SiD2 Sec. 2.2)")
-        self.net.load_state_dict({k: weights[k] for k in wanted})
+            weights, _ = network_weights(read_checkpoint(path, "init_from checkpoint"), "net.", use_ema, source=path)
+        load_exact(self.net, weights, f"init_from {path} (fine-tuning needs the same network, SiD2 Sec. 2.2)")

@@ -40,6 +40,7 @@ from speedrun_diffusion.lightning_modules.networks.dit import DiT, refined_dit_p
 from speedrun_diffusion.lightning_modules.networks.invae import INVAE, INVAEConfig
 from speedrun_diffusion.lightning_modules.networks.vit_vae import ViTVAE, vit_vae_preset
 from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy, warmup_schedule_factor
+from speedrun_diffusion.lightning_modules.weights import load_exact, read_checkpoint, recipe_of, weights_under
 
 log = logging.getLogger(__name__)
 
@@ -76,24 +77,16 @@ def speeddiff_denoiser(
 def load_speeddiff_vae(path: str | Path) -> nn.Module:
     """The trained VAE of a ``SpeedDiff`` checkpoint (architecture from its hyper-parameters, weights from its
     ``tokenizer.*`` tensors), frozen, in eval mode (A.3.1: the bad model trains on the 200-epoch VAE)."""
-    from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
-
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise FileNotFoundError(f"frozen_vae checkpoint not found: {path}")
-    checkpoint = safe_torch_load(path)
-    recipe = checkpoint.get("recipe")
+    checkpoint = read_checkpoint(path, "frozen_vae checkpoint")
+    recipe = recipe_of(checkpoint)
     if recipe is not None and recipe != SpeedDiff.recipe_name():
         raise ValueError(f"frozen_vae {path} was written by {recipe}, not {SpeedDiff.recipe_name()}")
     hparams = checkpoint.get("hyper_parameters") or {}
     vae = speeddiff_vae(**{k: hparams[k] for k in VAE_ARGS if k in hparams})
-    state = {k[len("tokenizer."):]: v for k, v in (checkpoint.get("state_dict") or {}).items()
-             if k.startswith("tokenizer.")}
-    try:
-        vae.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"frozen_vae {path}: its VAE weights do not fit the VAE its hyper-parameters describe "
-                         f"({error})") from error
+    load_exact(vae, weights_under(checkpoint.get("state_dict") or {}, "tokenizer."),
+               f"frozen_vae {path} (the VAE its hyper-parameters describe)")
     return vae.requires_grad_(False).eval()
 
 
@@ -253,9 +246,7 @@ class SpeedDiff(DiffusionRecipe):
     def _latent_shape_of(hparams: Mapping[str, Any]) -> tuple[int, int, int]:
         """Latent shape a run with these hyper-parameters diffuses on (built on the meta device: no memory)."""
         if hparams.get("frozen_vae"):
-            from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
-
-            hparams = safe_torch_load(hparams["frozen_vae"]).get("hyper_parameters") or {}
+            hparams = read_checkpoint(hparams["frozen_vae"], "frozen_vae checkpoint").get("hyper_parameters") or {}
         with torch.device("meta"):
             return tuple(speeddiff_vae(**{k: hparams[k] for k in VAE_ARGS if k in hparams}).latent_shape)
 

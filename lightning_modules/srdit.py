@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from speedrun_diffusion.lightning_modules.checkpoints.srdit import load_invae_weights
 from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, dimension_shift, euler_maruyama_sample
 from speedrun_diffusion.lightning_modules.latent_encoder import LatentMode, encode_latents
 from speedrun_diffusion.lightning_modules.losses.srdit_loss import SRDiTLoss
@@ -31,24 +32,6 @@ from speedrun_diffusion.lightning_modules.networks.sprint import SprintConfig, S
 from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
 
 Guidance = Literal["none", "cfg", "path_drop"]
-
-
-def load_tokenizer_weights(tokenizer: nn.Module | None, path: str) -> None:
-    """Load an official INVAE file into ``tokenizer`` with strict keys (reference/srdit/README "INVAE")."""
-    from pathlib import Path
-
-    from speedrun_diffusion.lightning_modules.checkpoints import load_official_checkpoint
-
-    if tokenizer is None:
-        raise ValueError("tokenizer_weights given but no tokenizer: set model.init_args.tokenizer (an INVAE)")
-    if not Path(path).expanduser().is_file():
-        raise FileNotFoundError(f"tokenizer_weights: INVAE weights not found at {path!r} (a local e2e-invae file)")
-    cfg = getattr(tokenizer, "cfg", None)
-    config = {} if cfg is None else {k: getattr(cfg, k) for k in ("embed_dim", "ch", "ch_mult", "num_res_blocks",
-                                                                  "attn_resolutions", "resolution", "in_channels",
-                                                                  "out_ch", "dropout")}
-    loaded = load_official_checkpoint(Path(path).expanduser(), "srdit.invae", config=config)
-    tokenizer.load_state_dict(loaded.state_dict(), strict=True)
 
 
 class SRDiT(DiffusionRecipe):
@@ -125,7 +108,7 @@ class SRDiT(DiffusionRecipe):
         routing = SprintConfig(sprint_encoder_blocks, sprint_decoder_blocks, sprint_drop_ratio, path_drop_prob)
         self.net = build_dit(cfg, routing if sprint else None)
         if tokenizer_weights is not None:
-            load_tokenizer_weights(tokenizer, tokenizer_weights)
+            load_invae_weights(tokenizer, tokenizer_weights)
         self.tokenizer = tokenizer
         self.target_encoder = target_encoder
         self.latent_scale = latent_scale

@@ -130,7 +130,7 @@ def test_folder_with_more_classes_than_num_classes_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- missing weight files
 def test_missing_weight_files_are_named(tmp_path):
-    from speedrun_diffusion.callbacks.features.base import load_weights
+    from speedrun_diffusion.lightning_modules.weights import read_state_dict
     from speedrun_diffusion.lightning_modules.checkpoints import load_official_checkpoint
 
     missing = tmp_path / "nowhere" / "weights.pt"
@@ -139,7 +139,7 @@ def test_missing_weight_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(missing.with_suffix(".safetensors"))):
         load_official_checkpoint(missing.with_suffix(".safetensors"), "srdit.invae")
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        load_weights(missing, "Inception")
+        read_state_dict(missing, "Inception weights")
 
 
 # ---------------------------------------------------------------- config keys

@@ -4,11 +4,10 @@ An extractor is an ``nn.Module`` that takes uint8 RGB images, NCHW, any size (ea
 resizes as its reference does), and returns ``{feature name: (N, D) float32}``. ``feature_dims``
 names what it produces, so a metric can be wired to a feature without running the network.
 Weights come from the library's own loader (torch-fidelity, timm) or a local file read without
-arbitrary pickles (safetensors, or ``torch.load(weights_only=True)``).
+arbitrary pickles (``lightning_modules.weights.read_state_dict``).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -35,26 +34,6 @@ class FeatureExtractor(nn.Module):
         if tensor is None:
             tensor = next(iter(self.buffers()), None)
         return tensor.device if tensor is not None else torch.device("cpu")
-
-
-def load_weights(path: str | Path, what: str) -> dict[str, Tensor]:
-    """A state dict from a local ``.safetensors`` or torch file (tensors only, no arbitrary pickles)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} weights not found at {str(path)!r} (give an existing local file, or None to "
-                                f"let the library download them)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise TypeError(f"{what} weights at {str(path)!r} are not a state dict ({type(state).__name__})")
-    return state
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speedrun_diffusion.callbacks.features.base import FeatureExtractor, freeze, load_weights
+from speedrun_diffusion.callbacks.features.base import FeatureExtractor, freeze
+from speedrun_diffusion.lightning_modules.weights import read_state_dict
 
 DINOV2_MODEL = "vit_large_patch14_dinov2.lvd142m"
 DGM_RESOLUTION = 224  # dgm-eval Resize((224, 224), BICUBIC)
@@ -60,7 +61,7 @@ def timm_dinov2(weights: str | Path | None = None, random_weights: bool = False,
 
     pretrained = weights is None and not random_weights
     # read the file before building a 300M-parameter model, so a bad path fails at once
-    state = load_weights(weights, f"DINOv2 ({model_name})") if weights is not None and not random_weights else None
+    state = read_state_dict(weights, f"DINOv2 ({model_name}) weights") if weights is not None and not random_weights else None
     model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **overrides)
     if state is not None:
         model.load_state_dict(checkpoint_filter_fn(state, model))

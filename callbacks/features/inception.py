@@ -17,7 +17,8 @@ from unittest import mock
 
 from torch import Tensor, nn
 
-from speedrun_diffusion.callbacks.features.base import FeatureExtractor, freeze, load_weights
+from speedrun_diffusion.callbacks.features.base import FeatureExtractor, freeze
+from speedrun_diffusion.lightning_modules.weights import read_state_dict
 
 SPATIAL_LAYER = "Mixed_6d.branch1x1"  # torch-fidelity's name for ADM's mixed_6/conv
 SPATIAL_CHANNELS = 7  # ADM: spatial[..., :7]
@@ -44,7 +45,7 @@ def torch_fidelity_inception(weights: str | Path | None = None, random_weights: 
     features = ["2048", "logits_unbiased"]
     if weights is None and not random_weights:
         return freeze(tfi.FeatureExtractorInceptionV3("inception-v3-compat", features))
-    state = _RANDOM if random_weights else load_weights(weights, "Inception (torch-fidelity inception-v3-compat)")
+    state = _RANDOM if random_weights else read_state_dict(weights, "Inception (torch-fidelity inception-v3-compat) weights")
 
     class _Local(tfi.FeatureExtractorInceptionV3):
         def load_state_dict(self, state_dict, *args, **kwargs):  # type: ignore[override]

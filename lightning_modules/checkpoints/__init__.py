@@ -13,9 +13,8 @@ One module per official code base registers its kinds with ``@register_official(
 * ``rae.decoder``, ``rae.encoder.{dinov2,siglip2,mae}``, ``rae.rae`` — ``checkpoints/rae_stage1.py``
 * ``rae.ditdh``, ``rae.lightningdit`` — ``checkpoints/rae_stage2.py``
 """
-from speedrun_diffusion.lightning_modules.checkpoints import rae_stage1, srdit
-from speedrun_diffusion.lightning_modules.checkpoints import rae_stage1_gan
-from speedrun_diffusion.lightning_modules.checkpoints import rae_stage2
+# one adapter module per official code base; importing each registers its kinds
+from speedrun_diffusion.lightning_modules.checkpoints import rae_stage1, rae_stage1_gan, rae_stage2, srdit  # noqa: F401
 from speedrun_diffusion.lightning_modules.checkpoints.loading import load_official_checkpoint
 from speedrun_diffusion.lightning_modules.checkpoints.registry import (
     OFFICIAL_IMPORTERS,

@@ -9,12 +9,7 @@ from typing import Any
 from torch import nn
 
 from speedrun_diffusion.lightning_modules.checkpoints.registry import CONFIG_FROM_FILE, import_official
-from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
-
-
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` with ``argparse.Namespace`` allow-listed (official ``args`` entry)."""
-    return safe_torch_load(path, allowed=[argparse.Namespace])
+from speedrun_diffusion.lightning_modules.weights import read_state_dict, safe_torch_load
 
 
 def load_official_checkpoint(
@@ -28,11 +23,9 @@ def load_official_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(f"official {kind} checkpoint {path} not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        obj: Any = load_file(str(path))
-    else:
-        obj = _torch_load(path)
+        obj: Any = read_state_dict(path, f"official {kind} checkpoint")
+    else:  # argparse.Namespace allow-listed: official training checkpoints store their ``args``
+        obj = safe_torch_load(path, allowed=[argparse.Namespace])
     state_dict = obj
     if isinstance(obj, dict):
         for key in (("ema", "model") if use_ema else ("model", "ema")) + ("state_dict",):

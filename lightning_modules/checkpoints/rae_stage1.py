@@ -13,7 +13,8 @@ Kinds:
 
 Pretrained encoders for real use load without ``transformers``: ``load_hf_encoder(folder, family)`` reads a
 local HF model folder (hub key names), ``load_timm_encoder(family)`` takes timm's copy of the same weights
-(``timm.create_model(..., pretrained=True)``). Nothing is downloaded in tests.
+(``timm.create_model(..., pretrained=True)``). ``build_rae`` assembles the RAE of the official configs from
+names (pretrained encoder, released decoder, latent statistics). Nothing is downloaded in tests.
 
 Official weights the wrappers never use are dropped on import and listed in ``IGNORED_*``: the final
 encoder LayerNorm affine (cancelled, RAE App. E.1), DINOv2's ``mask_token``, SigLIP's MAP ``head``.
@@ -30,14 +31,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from speedrun_diffusion.lightning_modules.checkpoints.registry import OfficialCheckpointError, load_strict, register_official
+from speedrun_diffusion.lightning_modules.checkpoints.loading import load_official_checkpoint
+from speedrun_diffusion.lightning_modules.checkpoints.registry import (
+    OfficialCheckpointError,
+    load_strict,
+    register_official,
+)
 from speedrun_diffusion.lightning_modules.networks.rae import RAE
-from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, RAEDecoderConfig
+from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, RAEDecoderConfig, rae_decoder_preset
 from speedrun_diffusion.lightning_modules.networks.rae_encoder import (
     ENCODER_PRESETS,
     RepresentationEncoder,
     RepresentationEncoderConfig,
+    representation_encoder_preset,
 )
+from speedrun_diffusion.lightning_modules.weights import read_state_dict
 
 # ---- HF ViT layer key names -------------------------------------------------------------------------
 # ours → official suffix inside one layer; q/k/v are fused into our attn.qkv
@@ -284,12 +292,7 @@ def load_hf_encoder(path: str | Path, family: str) -> RepresentationEncoder:
     if found is None:
         names = ", ".join(w.name for w in weights)
         raise FileNotFoundError(f"RAE {family} encoder: no weights file ({names}) in {folder}")
-    if found.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(found))
-    else:
-        sd = torch.load(found, map_location="cpu", weights_only=True)
+    sd = read_state_dict(found, f"RAE {family} encoder weights", unwrap=())
     prefix = _HUB_PREFIX[family]
     if prefix and any(k.startswith(prefix) for k in sd):
         sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
@@ -427,3 +430,45 @@ def rae_from_official(state_dict: Mapping[str, Tensor], config: Mapping[str, Any
         sd.update(latent_mean=rae.latent_mean, latent_var=rae.latent_var)
     return load_strict(rae, sd)
 
+
+# ---- the RAE of the official configs, from names ----------------------------------------------------------
+def build_rae(
+    encoder: str = "dinov2",
+    decoder: str = "XL",
+    encoder_input_size: int = 224,
+    decoder_patch_size: int = 16,
+    noise_tau: float = 0.0,
+    pretrained_encoder: str | None = None,
+    decoder_path: str | Path | None = None,
+    stats_path: str | Path | None = None,
+    sigma_dist: str = "uniform",
+) -> RAE:
+    """An RAE from names, as the official configs build it (RAE Sec. 3; defaults: DINOv2-B + ViT-XL, 224 → 256 px).
+
+    ``pretrained_encoder``: None (random weights, offline), ``"timm"`` (timm's pretrained copy) or a local HF
+    model folder. ``decoder_path``: an official decoder ``model.pt`` (imported strictly as ``rae.decoder``).
+    ``stats_path``: the official latent ``{'mean', 'var'}`` file (stage 2). Missing files raise naming the path.
+    """
+    if pretrained_encoder is None:
+        enc = RepresentationEncoder(representation_encoder_preset(encoder))
+    elif pretrained_encoder == "timm":
+        enc = load_timm_encoder(encoder)
+    else:
+        enc = load_hf_encoder(pretrained_encoder, encoder)
+    grid = enc.grid_size(encoder_input_size)
+    cfg = rae_decoder_preset(
+        decoder, latent_dim=enc.cfg.hidden_size, patch_size=decoder_patch_size, num_patches=grid * grid
+    )
+    if decoder_path is None:
+        dec = RAEDecoder(cfg)
+    else:
+        if not Path(decoder_path).is_file():
+            raise FileNotFoundError(f"RAE decoder checkpoint not found: {decoder_path}")
+        official = {"hidden_size": cfg.latent_dim, "patch_size": cfg.patch_size, "num_patches": cfg.num_patches,
+                    "decoder_hidden_size": cfg.hidden_size, "decoder_num_hidden_layers": cfg.depth,
+                    "decoder_num_attention_heads": cfg.num_heads, "decoder_intermediate_size": cfg.mlp_dim}
+        dec = load_official_checkpoint(decoder_path, "rae.decoder", config=official)
+    rae = RAE(enc, dec, encoder_input_size, noise_tau=noise_tau, sigma_dist=sigma_dist)
+    if stats_path is not None:
+        rae.load_latent_stats(stats_path)
+    return rae

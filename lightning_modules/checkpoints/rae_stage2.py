@@ -13,10 +13,9 @@ code should use ``diffusion.GuidedDenoiser`` (closed interval on t, guidance ins
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from speedrun_diffusion.lightning_modules.checkpoints.registry import load_strict, register_official
@@ -139,112 +138,8 @@ def _import_rae_lightningdit(state_dict: Mapping[str, Tensor], config: Mapping[s
     return load_strict(DiT(rae_lightningdit_config(config)), state_dict)
 
 
-# --------------------------------------------------------------------- official guidance helpers (replay)
-
-Forward = Callable[[Tensor, Tensor, Tensor], Tensor]
-
-
-def _rows(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def official_ditdh_forward_with_cfg(
-    net: Forward, x: Tensor, t: Tensor, y: Tensor, cfg_scale: float, cfg_interval: Sequence[float] = (0.0, 1.0)
-) -> Tensor:
-    """``DiTwDDTHead.forward_with_cfg``: batch [cond | uncond] of 2n rows; the network runs on [x[:n]; x[:n]]
-    with the full t and y (x[n:] is ignored); row i < n is guided, uncond + s·(cond − uncond), iff
-    t_min ≤ t[i] ≤ t_max; the result is repeated twice (reference/rae_stage2 README "Guidance helpers")."""
-    n = x.shape[0] // 2
-    raw = net(torch.cat([x[:n], x[:n]]), t, y)
-    cond, uncond = raw[:n], raw[n:]
-    active = (t[:n] >= cfg_interval[0]) & (t[:n] <= cfg_interval[1])
-    out = torch.where(_rows(active, cond), uncond + cfg_scale * (cond - uncond), cond)
-    return torch.cat([out, out])
-
-
-def official_ditdh_forward_with_autoguidance(
-    net: Forward,
-    guide: Forward,
-    x: Tensor,
-    t: Tensor,
-    y: Tensor,
-    cfg_scale: float,
-    cfg_interval: Sequence[float] = (0.0, 1.0),
-) -> Tensor:
-    """``DiTwDDTHead.forward_with_autoguidance``: both networks on the full batch; per row inside the closed
-    interval guide + s·(main − guide), else main."""
-    main, bad = net(x, t, y), guide(x, t, y)
-    active = (t >= cfg_interval[0]) & (t <= cfg_interval[1])
-    return torch.where(_rows(active, main), bad + cfg_scale * (main - bad), main)
-
-
-def official_lightningdit_scale(
-    t0: Tensor | float, cfg_scale: float, cfg_interval: Sequence[Sequence[float]], interval_cfg: float = 0.0
-) -> float | None:
-    """The scale of the official LightningDiT helpers at time t[0], None meaning "no guidance".
-
-    ``cfg_interval`` is a list of (lo, hi) pairs tested half-open, lo ≤ t0 < hi; inside one, ``interval_cfg``
-    is used if > 1, else no guidance; outside all of them ``cfg_scale`` — the inverse of the DiT^DH meaning.
-    A flat (lo, hi) pair (what the official sampling scripts pass) raises TypeError there as here. The
-    comparison runs in t0's dtype, as the official tensor-vs-float test does.
-    """
-    t0 = torch.as_tensor(t0)
-    for pair in cfg_interval:
-        if not isinstance(pair, Sequence) or len(pair) != 2:
-            raise TypeError(f"cfg_interval must be a list of (lo, hi) pairs, got {cfg_interval!r}")
-        if bool(t0 >= pair[0]) and bool(t0 < pair[1]):
-            return interval_cfg if interval_cfg > 1.0 else None
-    return cfg_scale
-
-
-def official_lightningdit_forward_with_cfg(
-    net: Forward,
-    x: Tensor,
-    t: Tensor,
-    y: Tensor,
-    cfg_scale: float,
-    cfg_interval: Sequence[Sequence[float]],
-    interval_cfg: float = 0.0,
-) -> Tensor:
-    """``LightningDiT.forward_with_cfg``: network on [x[:n]; x[:n]] with the full t, y; one scale for the whole
-    batch from ``official_lightningdit_scale(t[0], ...)``; result repeated twice."""
-    scale = official_lightningdit_scale(t[0], cfg_scale, cfg_interval, interval_cfg)
-    n = x.shape[0] // 2
-    raw = net(torch.cat([x[:n], x[:n]]), t, y)
-    cond, uncond = raw[:n], raw[n:]
-    out = cond if scale is None else uncond + scale * (cond - uncond)
-    return torch.cat([out, out])
-
-
-def official_lightningdit_forward_with_autoguidance(
-    net: Forward,
-    guide: Forward,
-    x: Tensor,
-    t: Tensor,
-    y: Tensor,
-    cfg_scale: float,
-    cfg_interval: Sequence[Sequence[float]],
-    interval_cfg: float = 0.0,
-) -> Tensor:
-    """``LightningDiT.forward_with_autoguidance``: both networks on the first half x[:n], t[:n], y[:n] only;
-    scale as in ``official_lightningdit_scale``; result repeated twice."""
-    n = x.shape[0] // 2
-    scale = official_lightningdit_scale(t[0], cfg_scale, cfg_interval, interval_cfg)
-    main = net(x[:n], t[:n], y[:n])
-    out = main
-    if scale is not None:
-        bad = guide(x[:n], t[:n], y[:n])
-        out = bad + scale * (main - bad)
-    return torch.cat([out, out])
-
-
 __all__ = [
     "ditdh_official_renames",
-    "official_ditdh_forward_with_autoguidance",
-    "official_ditdh_forward_with_cfg",
-    "official_lightningdit_forward_with_autoguidance",
-    "official_lightningdit_forward_with_cfg",
-    "official_lightningdit_scale",
     "rae_ditdh_config",
     "rae_lightningdit_config",
 ]

@@ -6,6 +6,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from speedrun_diffusion.lightning_modules.weights import CheckpointMismatchError, load_exact
+
 Importer = Callable[[Mapping[str, Tensor], Mapping[str, Any]], nn.Module]
 # official checkpoint file content (dict) -> constructor kwargs, for files that carry their config
 ConfigFromFile = Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
@@ -15,7 +17,7 @@ CONFIG_FROM_FILE: dict[str, ConfigFromFile] = {}
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-class OfficialCheckpointError(ValueError):
+class OfficialCheckpointError(CheckpointMismatchError):
     """An official state dict does not fit the network built from its config."""
 
 
@@ -59,18 +61,5 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], renames: Ma
     Raises ``OfficialCheckpointError`` naming every missing key, unexpected key and shape mismatch.
     """
     renames = renames or {}
-    sd = {renames.get(k, k): v for k, v in state_dict.items()}
-    ours = module.state_dict()
-    missing = sorted(set(ours) - set(sd))
-    unexpected = sorted(set(sd) - set(ours))
-    shapes = sorted(
-        f"{k}: official {tuple(sd[k].shape)} vs ours {tuple(ours[k].shape)}"
-        for k in set(sd) & set(ours)
-        if sd[k].shape != ours[k].shape and not sd[k].numel() == ours[k].numel() == 1  # 0-dim vs (1,): Attention
-    )
-    if missing or unexpected or shapes:
-        parts = [f"{name} ({len(items)}): {', '.join(items)}" for name, items in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
-        raise OfficialCheckpointError(f"{type(module).__name__}: state dict does not match; " + "; ".join(parts))
-    module.load_state_dict(sd, strict=True)
-    return module
+    return load_exact(module, {renames.get(k, k): v for k, v in state_dict.items()}, "official state dict",
+                      error=OfficialCheckpointError, names=("official", "ours"))

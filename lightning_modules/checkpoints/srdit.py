@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from speedrun_diffusion.lightning_modules.checkpoints.registry import OfficialCheckpointError, load_strict, register_official
+from speedrun_diffusion.lightning_modules.checkpoints.loading import load_official_checkpoint
+from speedrun_diffusion.lightning_modules.checkpoints.registry import (
+    OfficialCheckpointError,
+    load_strict,
+    register_official,
+)
 from speedrun_diffusion.lightning_modules.networks.dit import DIT_SIZES, DiTConfig
 from speedrun_diffusion.lightning_modules.networks.invae import INVAE, INVAEConfig
 from speedrun_diffusion.lightning_modules.networks.sprint import SprintConfig, SprintDiT
@@ -134,3 +140,15 @@ def srdit_invae_config(config: Mapping[str, Any]) -> INVAEConfig:
 @register_official("srdit.invae", config_from_file=lambda _file: {})  # VAE_F16D32 defaults
 def _import_srdit_invae(state_dict: Mapping[str, Tensor], config: Mapping[str, Any]) -> nn.Module:
     return load_strict(INVAE(srdit_invae_config(config)), state_dict)
+
+
+def load_invae_weights(tokenizer: nn.Module | None, path: str) -> None:
+    """Load an official INVAE file into ``tokenizer`` with strict keys (reference/srdit/README "INVAE")."""
+    if tokenizer is None:
+        raise ValueError("tokenizer_weights given but no tokenizer: set model.init_args.tokenizer (an INVAE)")
+    if not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"tokenizer_weights: INVAE weights not found at {path!r} (a local e2e-invae file)")
+    cfg = getattr(tokenizer, "cfg", None)
+    config = {} if cfg is None else {k: getattr(cfg, k) for k in sorted(_INVAE_KEYS) if hasattr(cfg, k)}
+    loaded = load_official_checkpoint(Path(path).expanduser(), "srdit.invae", config=config)
+    tokenizer.load_state_dict(loaded.state_dict(), strict=True)

@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from speedrun_diffusion.lightning_modules.weights import read_state_dict
+
 VGG16_CHANNELS = (64, 128, 256, 512, 512)
 # LPIPS input scaling (x − shift)/scale: [−1, 1] images to the statistics VGG was trained on
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
@@ -121,10 +123,7 @@ class LPIPS(nn.Module):
 
     def load_linear_weights(self, path: str | Path) -> None:
         """Load ``lin{l}.model.1.weight`` heads (lpips / taming file format) from ``path``."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"LPIPS linear weights not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_state_dict(path, "LPIPS linear weights", unwrap=())
         for i, lin in enumerate(self.lins):
             key = f"lin{i}.model.1.weight"
             if key not in state:

@@ -4,7 +4,7 @@ from speedrun_diffusion.lightning_modules.networks.ddt_head import DDTHead, DDTH
 from speedrun_diffusion.lightning_modules.networks.dit import lightningdit_preset
 from speedrun_diffusion.lightning_modules.networks.ditdh import DiTDH, DiTDHConfig, ditdh_preset
 from speedrun_diffusion.lightning_modules.networks.invae import INVAE, INVAEConfig
-from speedrun_diffusion.lightning_modules.networks.rae import RAE, build_rae, noise_augment
+from speedrun_diffusion.lightning_modules.networks.rae import RAE, noise_augment
 from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, RAEDecoderConfig, rae_decoder_preset
 from speedrun_diffusion.lightning_modules.networks.rae_encoder import (
     RepresentationEncoder,
@@ -20,4 +20,4 @@ __all__ = ["DiT", "DiTConfig", "DiTOutput", "INVAE", "INVAEConfig", "SprintConfi
 __all__ += ["ViTVAE", "ViTVAEConfig", "refined_dit_preset", "vit_vae_preset"]
 __all__ += ["DDTHead", "DDTHeadConfig", "DiTDH", "DiTDHConfig", "ditdh_preset", "lightningdit_preset"]
 __all__ += ["RAE", "RAEDecoder", "RAEDecoderConfig", "RepresentationEncoder", "RepresentationEncoderConfig",
-            "build_rae", "noise_augment", "rae_decoder_preset", "representation_encoder_preset"]
+            "noise_augment", "rae_decoder_preset", "representation_encoder_preset"]

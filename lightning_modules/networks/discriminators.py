@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speedrun_diffusion.lightning_modules.blocks import Attention, Mlp, PatchEmbed
+from speedrun_diffusion.lightning_modules.weights import load_exact, read_state_dict
 
 # DINO ViT recipes of the official discriminator (src/disc/dinodisc.py ``recipes``); RAE trains with S_8.
 DINO_RECIPES: dict[str, dict[str, Any]] = {
@@ -132,13 +133,8 @@ def load_dino_backbone(backbone: DinoViT, checkpoint: str | Path | Mapping[str, 
 
     As the official loader, the key third of every ``qkv`` bias is zeroed (softmax is invariant to it).
     """
-    from speedrun_diffusion.lightning_modules.checkpoints.registry import load_strict
-
     if isinstance(checkpoint, (str, Path)):
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"DINO discriminator backbone checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_state_dict(checkpoint, "DINO discriminator backbone checkpoint", unwrap=())
     else:
         state = checkpoint
     state = {k: v.clone() for k, v in state.items()}
@@ -146,7 +142,7 @@ def load_dino_backbone(backbone: DinoViT, checkpoint: str | Path | Mapping[str, 
     for key, value in state.items():
         if key.endswith("attn.qkv.bias"):
             value[dim:2 * dim] = 0
-    return load_strict(backbone, state)
+    return load_exact(backbone, state, "DINO backbone state dict")
 
 
 # ----------------------------------------------------------------------------------------------- DINO heads

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, rae_decoder_preset
-from speedrun_diffusion.lightning_modules.networks.rae_encoder import RepresentationEncoder, representation_encoder_preset
+from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder
+from speedrun_diffusion.lightning_modules.networks.rae_encoder import RepresentationEncoder
+from speedrun_diffusion.lightning_modules.weights import read_state_dict
 
 SIGMA_DISTRIBUTIONS = ("uniform", "half_normal")
 
@@ -115,8 +116,8 @@ class RAE(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"RAE latent statistics file not found: {path}")
-        stats = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(stats, dict) or not {"mean", "var"} <= set(stats):
+        stats = read_state_dict(path, "RAE latent statistics", unwrap=())
+        if not {"mean", "var"} <= set(stats):
             raise ValueError(f"{path}: expected a dict with 'mean' and 'var'")
         self.set_latent_stats(stats["mean"], stats["var"])
 
@@ -190,47 +191,3 @@ class RAE(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """Reconstruction decode(encode(x)) in [-1, 1] (training mode: with noise augmentation)."""
         return self.decode(self.encode(images))
-
-
-def build_rae(
-    encoder: str = "dinov2",
-    decoder: str = "XL",
-    encoder_input_size: int = 224,
-    decoder_patch_size: int = 16,
-    noise_tau: float = 0.0,
-    pretrained_encoder: str | None = None,
-    decoder_path: str | Path | None = None,
-    stats_path: str | Path | None = None,
-    sigma_dist: str = "uniform",
-) -> RAE:
-    """An RAE from names, as the official configs build it (RAE Sec. 3; defaults: DINOv2-B + ViT-XL, 224 → 256 px).
-
-    ``pretrained_encoder``: None (random weights, offline), ``"timm"`` (timm's pretrained copy) or a local HF
-    model folder. ``decoder_path``: an official decoder ``model.pt`` (imported strictly as ``rae.decoder``).
-    ``stats_path``: the official latent ``{'mean', 'var'}`` file (stage 2). Missing files raise naming the path.
-    """
-    if pretrained_encoder is None:
-        enc = RepresentationEncoder(representation_encoder_preset(encoder))
-    elif pretrained_encoder == "timm":
-        enc = RepresentationEncoder.from_timm(encoder)
-    else:
-        enc = RepresentationEncoder.from_pretrained(pretrained_encoder, encoder)
-    grid = enc.grid_size(encoder_input_size)
-    cfg = rae_decoder_preset(
-        decoder, latent_dim=enc.cfg.hidden_size, patch_size=decoder_patch_size, num_patches=grid * grid
-    )
-    if decoder_path is None:
-        dec = RAEDecoder(cfg)
-    else:
-        from speedrun_diffusion.lightning_modules.checkpoints.loading import load_official_checkpoint
-
-        if not Path(decoder_path).is_file():
-            raise FileNotFoundError(f"RAE decoder checkpoint not found: {decoder_path}")
-        official = {"hidden_size": cfg.latent_dim, "patch_size": cfg.patch_size, "num_patches": cfg.num_patches,
-                    "decoder_hidden_size": cfg.hidden_size, "decoder_num_hidden_layers": cfg.depth,
-                    "decoder_num_attention_heads": cfg.num_heads, "decoder_intermediate_size": cfg.mlp_dim}
-        dec = load_official_checkpoint(decoder_path, "rae.decoder", config=official)
-    rae = RAE(enc, dec, encoder_input_size, noise_tau=noise_tau, sigma_dist=sigma_dist)
-    if stats_path is not None:
-        rae.load_latent_stats(stats_path)
-    return rae

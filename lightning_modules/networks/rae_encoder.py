@@ -17,14 +17,13 @@ zero mean and unit variance over channels (RAE App. E.1 "Encoder normalization":
 Our own ViT (not a timm model) because the official encoders are HF ``transformers`` models whose
 numerics timm does not reproduce: timm folds DINOv2's [CLS] position into the token and resizes positions
 its own way (HF: antialias only for DINOv2), uses LayerNorm eps 1e-6 for MAE (HF 1e-12) and exact GELU for
-SigLIP (HF tanh). Block parameter names follow timm, so timm weights load directly (``from_timm``); HF
-weights load through ``lightning_modules.checkpoints.rae_stage1`` (kinds ``rae.encoder.*``,
-``from_pretrained`` for a local HF model folder). Nothing is downloaded at construction.
+SigLIP (HF tanh). Block parameter names follow timm, so timm weights load directly; timm and HF weights load
+through ``lightning_modules.checkpoints.rae_stage1`` (``load_timm_encoder``, ``load_hf_encoder`` for a local HF
+model folder, kinds ``rae.encoder.*``). Nothing is downloaded at construction.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +111,7 @@ class RepresentationEncoder(nn.Module):
     """Frozen pretrained ViT E of RAE Sec. 3: normalised image (B, 3, H, W) → patch tokens (B, HW/p_e², C).
 
     The input must already be resized and normalised with ``image_mean`` / ``image_std`` (``RAE`` does it).
-    Parameters start random (no download); load weights with ``from_pretrained`` or the importers.
+    Parameters start random (no download); weights load through ``checkpoints.rae_stage1``.
     """
 
     def __init__(self, cfg: RepresentationEncoderConfig | None = None) -> None:
@@ -135,22 +134,6 @@ class RepresentationEncoder(nn.Module):
         self.norm = nn.LayerNorm(c, eps=cfg.final_norm_eps, elementwise_affine=False)  # affine cancelled (App. E.1)
         self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, -1, 1, 1), persistent=False)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, family: str) -> "RepresentationEncoder":
-        """The encoder from a local HF model folder (``config.json`` + weights); see ``load_hf_encoder``."""
-        from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import load_hf_encoder
-
-        return load_hf_encoder(path, family)
-
-    @classmethod
-    def from_timm(
-        cls, family: str, model_name: str | None = None, pretrained: bool = True, **timm_kwargs
-    ) -> "RepresentationEncoder":
-        """The encoder with a timm model's weights (default the family's RAE model; see ``load_timm_encoder``)."""
-        from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import load_timm_encoder
-
-        return load_timm_encoder(family, model_name, pretrained, **timm_kwargs)
 
     def patch_positions(self, height: int, width: int) -> Tensor:
         """Position rows of a height×width token grid: the pretrained table, bicubically resized if needed."""

@@ -12,7 +12,7 @@ targets on the fly from the stored 256² image:
 with timm's ``resample_abs_pos_embed`` (bicubic, antialiased); building the timm model at the target input
 size applies that same rule to the pretrained table, so timm's ``vit_base_patch14_dinov2`` gives the official
 function. This is not the KDD feature network of ``callbacks/features/dinov2.py`` (ViT-L/14, PIL resize of
-uint8 images, CLS only, the hub's non-antialiased position rule): only the weight reader is shared.
+uint8 images, CLS only, the hub's non-antialiased position rule): only the weight reader (``weights.py``) is shared.
 
 A tiny random encoder of the same architecture (``random_weights=True`` with ``model_kwargs`` such as
 ``{patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2}``) stands in for it in tiny configs and tests; any
@@ -26,6 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from speedrun_diffusion.lightning_modules.weights import read_state_dict
 
 DINOV2_B14 = "vit_base_patch14_dinov2.lvd142m"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,9 +51,7 @@ def timm_dinov2_tokens(
 
     state = None
     if weights is not None and not random_weights:
-        from speedrun_diffusion.callbacks.features.base import load_weights  # the one safe weight reader of the library
-
-        state = load_weights(weights, f"DINOv2 target encoder ({model_name})")  # fails before building
+        state = read_state_dict(weights, f"DINOv2 target encoder ({model_name}) weights")  # fails before building
     pretrained = weights is None and not random_weights
     model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, img_size=resolution,
                               **(model_kwargs or {}))

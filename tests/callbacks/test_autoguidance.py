@@ -15,7 +15,7 @@ from speedrun_diffusion.callbacks import EMA, AutoGuidance
 from speedrun_diffusion.datamodules import SyntheticDataModule
 from speedrun_diffusion.lightning_modules import SiT
 from speedrun_diffusion.lightning_modules.checkpoints import srdit_sit_config
-from speedrun_diffusion.lightning_modules.checkpoints.safe_load import safe_torch_load
+from speedrun_diffusion.lightning_modules.weights import safe_torch_load
 from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, euler_maruyama_sample, euler_ode_sample
 from speedrun_diffusion.lightning_modules.diffusion.samplers import ddpm_ancestral_sample
 from speedrun_diffusion.lightning_modules.networks.sprint import SprintDiT

@@ -20,7 +20,8 @@ from speedrun_diffusion.lightning_modules.diffusion import rae_sample
 from speedrun_diffusion.lightning_modules.losses.gan import GANPhase
 from speedrun_diffusion.lightning_modules.losses.lpips import LPIPS, ConvFeatures
 from speedrun_diffusion.lightning_modules.networks.discriminators import DinoDiscriminator
-from speedrun_diffusion.lightning_modules.rae import RAEStage1, RAEStage2, ema_shadow, hold_linear_factor, rae_denoiser
+from speedrun_diffusion.lightning_modules.rae import RAEStage1, RAEStage2, hold_linear_factor, rae_denoiser
+from speedrun_diffusion.lightning_modules.weights import ema_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "rae"
@@ -259,7 +260,7 @@ def test_tiny_chain_runs_end_to_end_through_the_cli(tmp_path, monkeypatch):
     cli2 = build_cli(["fit", "-c", str(_write(tmp_path / "s2.yaml", stage2)), *quiet])
     model = cli2.model
     assert cli2.trainer.global_step == 3 and torch.isfinite(cli2.trainer.callback_metrics["train/loss"])
-    shadow = ema_shadow(torch.load(ckpt1, weights_only=True))
+    shadow = ema_weights(torch.load(ckpt1, weights_only=True))
     for name, value in model.tokenizer.decoder.named_parameters():  # decodes with the stage-1 EMA decoder
         torch.testing.assert_close(value, shadow[name])
     torch.testing.assert_close(model.tokenizer.latent_var, stats["var"])

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speedrun_diffusion.lightning_modules.weights import CheckpointMismatchError
 from speedrun_diffusion.lightning_modules.checkpoints import OfficialCheckpointError, import_official
 from speedrun_diffusion.lightning_modules.networks.discriminators import (
     BatchNormLocal,
@@ -144,7 +145,7 @@ def test_dino_backbone_checkpoint_loading(tmp_path: Path) -> None:
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         tiny_disc(backbone_checkpoint=tmp_path / "nope.pth")
-    with pytest.raises(OfficialCheckpointError, match="missing keys"):
+    with pytest.raises(CheckpointMismatchError, match="missing keys"):
         load_dino_backbone(DinoViT(image_size=32, **TINY_RECIPE), {k: v for k, v in state.items() if k != "norm.weight"})
 
 

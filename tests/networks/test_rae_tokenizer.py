@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speedrun_diffusion.lightning_modules.networks.rae import RAE, build_rae, noise_augment
+from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import build_rae, load_hf_encoder, load_timm_encoder
+from speedrun_diffusion.lightning_modules.networks.rae import RAE, noise_augment
 from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, RAEDecoderConfig
 from speedrun_diffusion.lightning_modules.networks.rae_encoder import RepresentationEncoder, representation_encoder_preset
 
@@ -141,11 +142,11 @@ def test_clear_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match="registers"):
         representation_encoder_preset("mae", num_register_tokens=4)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        RepresentationEncoder.from_pretrained(tmp_path / "nowhere", "dinov2")
+        load_hf_encoder(tmp_path / "nowhere", "dinov2")
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        RepresentationEncoder.from_pretrained(tmp_path / "cfg", "dinov2")
+        load_hf_encoder(tmp_path / "cfg", "dinov2")
     with torch.device("meta"), pytest.raises(FileNotFoundError, match="decoder.pt"):
         build_rae(decoder="B", decoder_path=tmp_path / "decoder.pt")
 
@@ -162,7 +163,7 @@ def test_timm_weights_reproduce_timm_features() -> None:
     timm = pytest.importorskip("timm")
     kw = dict(embed_dim=16, depth=1, num_heads=2, img_size=42, num_classes=0)
     torch.manual_seed(1)
-    enc = RepresentationEncoder.from_timm("dinov2", "vit_base_patch14_reg4_dinov2", pretrained=False, **kw)
+    enc = load_timm_encoder("dinov2", "vit_base_patch14_reg4_dinov2", pretrained=False, **kw)
     torch.manual_seed(1)
     model = timm.create_model("vit_base_patch14_reg4_dinov2", pretrained=False, **kw).eval()
     assert enc.cfg.pos_grid == 3 and enc.cfg.num_register_tokens == 4

@@ -12,10 +12,13 @@ import torch
 from safetensors.torch import save_file
 
 from speedrun_diffusion.lightning_modules.checkpoints import import_official
-from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import OFFICIAL_ENCODER_CLASSES, rae_decoder_config
+from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import (
+    OFFICIAL_ENCODER_CLASSES,
+    load_hf_encoder,
+    rae_decoder_config,
+)
 from speedrun_diffusion.lightning_modules.networks.rae import RAE, noise_augment
 from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder
-from speedrun_diffusion.lightning_modules.networks.rae_encoder import RepresentationEncoder
 from tests.conftest import REFERENCE_DIR, load_case, reference_cases, with_prefix
 
 RAE_CASES = [p for case in ("rae_encode_decode", "rae_siglip2", "rae_mae") for p in reference_cases("rae_stage1", case)]
@@ -131,7 +134,7 @@ def test_rae_encode_decode(path: Path) -> None:
 @pytest.mark.parametrize("path", RAE_CASES, ids=lambda p: p.stem)
 def test_encoder_from_local_hf_folder(path: Path, tmp_path: Path) -> None:
     """The same encoder weights saved as an HF hub folder (hub prefix, final-norm affine, config.json) load
-    through ``RepresentationEncoder.from_pretrained`` and give the reference tokens."""
+    through ``checkpoints.rae_stage1.load_hf_encoder`` and give the reference tokens."""
     spec, data = load_case(path)
     family = OFFICIAL_ENCODER_CLASSES[spec["config"]["RAE_kwargs"]["encoder_cls"]]
     wrapper = {"dinov2": "encoder.encoder.", "siglip2": "encoder.model.", "mae": "encoder.model."}[family]
@@ -145,7 +148,7 @@ def test_encoder_from_local_hf_folder(path: Path, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"vision_config": hf} if family == "siglip2" else hf))
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(
         {"image_mean": spec["config"]["encoder_image_mean"], "image_std": spec["config"]["encoder_image_std"]}))
-    enc = RepresentationEncoder.from_pretrained(tmp_path, family)
+    enc = load_hf_encoder(tmp_path, family)
     stats = {"image_mean": spec["config"]["encoder_image_mean"], "image_std": spec["config"]["encoder_image_std"]}
     kind = import_official(f"rae.encoder.{family}", with_prefix(data, "param/" + wrapper), {**hf, **stats})
     assert kind.cfg == enc.cfg

@@ -9,17 +9,20 @@ import pytest
 import torch
 from torch import nn
 
-from speedrun_diffusion.lightning_modules.checkpoints.rae_stage2 import (
+from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser
+from speedrun_diffusion.lightning_modules.networks.dit import DiT
+from speedrun_diffusion.lightning_modules.networks.ditdh import DiTDH
+from tests.reference.rae_stage2_common import (  # noqa: F401
+    assert_close,
+    cases,
+    load_rae_case,
     official_ditdh_forward_with_autoguidance,
     official_ditdh_forward_with_cfg,
     official_lightningdit_forward_with_autoguidance,
     official_lightningdit_forward_with_cfg,
     official_lightningdit_scale,
+    one_thread,
 )
-from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser
-from speedrun_diffusion.lightning_modules.networks.dit import DiT
-from speedrun_diffusion.lightning_modules.networks.ditdh import DiTDH
-from tests.reference.rae_stage2_common import assert_close, cases, load_rae_case, one_thread  # noqa: F401
 
 FORWARD = cases("ditdh_forward", "ditdh_forward_variant", "lightningdit_forward", "lightningdit_forward_variant")
 DITDH_CFG = cases("ditdh_forward_with_cfg")
