@@ -85,6 +85,10 @@ def test_total_is_the_table_14_weighted_sum():
     post = module.tokenizer.posterior(batch["image"])
     kl = 0.5 * (post.mean**2 + post.logvar.exp() - post.logvar - 1).flatten(1).sum(1).mean()
     torch.testing.assert_close(losses["kl"], kl)
+    # the diagnostics: Tab. 11's mean log-variance and the std of the reparameterised z0 (eq. 7)
+    z0 = post.mean + torch.exp(0.5 * post.logvar) * pinned(module, batch)["latent_noise"]
+    torch.testing.assert_close(losses["logvar_mean"], post.logvar.mean())
+    torch.testing.assert_close(losses["latent_std"], z0.std())
 
 
 def test_one_batched_decoder_pass_equals_the_reference_tpr_loss():
