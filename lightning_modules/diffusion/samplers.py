@@ -244,7 +244,8 @@ def ddpm_ancestral_sample(
     if num_steps < 1:
         raise ValueError("need at least one step")
     if gamma_on not in ("small", "large"):
-        raise ValueError(f"gamma_on must be 'small' (σ²_{{t→s}}, SiD2's text) or 'large' (σ²_{{t|s}}), got {gamma_on!r}")
+        raise ValueError(f"gamma_on must be 'small' (σ²_{{t→s}}, SiD2's text) or 'large' (σ²_{{t|s}}), "
+                         f"got {gamma_on!r}")
     _check_steps(step_noise, num_steps - 1)
     # the exponent of the small posterior variance σ²_{t→s}; the large σ²_{t|s} gets the rest
     w_small = gamma if gamma_on == "small" else 1.0 - gamma
