@@ -9,8 +9,9 @@ diffusion"). The recipe, with the paper's App. A.4 values as defaults:
   a time-shifted bias (App. B.1), the Haar power loss (App. A.1) or EDM-monotonic (Fig. 5 baseline);
 * optimiser: Adam β = (0.9, 0.99), ε = 1e-12, lr 1e-4, 10k warm-up, no weight decay (EMA 0.9999 is
   the `callbacks.EMA` of the configs);
-* sampling: DDPM ancestral (eq. 3), 512 steps, γ = 0.3, static clipping, CFG "guidance = 1.0" on a
-  log-SNR interval ((−3, 5) / (−1.5, 5) / (0, 5) at 512 / 256 / 128).
+* sampling: DDPM ancestral (eq. 3), 512 steps, γ = 0.3 on the small variance σ_{t→s} as the Sec. 1.1 text
+  reads (``gamma_on``), static clipping, CFG "guidance = 1.0" on a log-SNR interval ((−3, 5) / (−1.5, 5) /
+  (0, 5) at 512 / 256 / 128).
 
 The module is thin: network in `networks.uvit`, weighting in `diffusion.loss_weighting`, the loss in
 `losses.sigmoid_loss` / `losses.power_loss`, the sampler and guidance in `diffusion`.
@@ -61,7 +62,9 @@ class SiD2(DiffusionRecipe):
     ``sample_schedule`` (SiD2 Sec. 4.1 fixes it to the interpolated cosine).
 
     Sampling: ``guidance`` in the paper's convention (x̂ = (1 + g)·cond − g·uncond; 0 = none);
-    ``guidance_interval`` in log-SNR ("auto": A.4 per resolution, None: everywhere).
+    ``guidance_interval`` in log-SNR ("auto": A.4 per resolution, None: everywhere); ``gamma`` is A.4's
+    logvar_type and ``gamma_on`` the variance it weights: "small" = σ²_{t→s} (Sec. 1.1 text, default),
+    "large" = σ²_{t|s} (the earlier public code's reading; ``ddpm_ancestral_sample`` has both closed forms).
 
     ``init_from``: a Lightning checkpoint or safetensors file whose network weights (EMA ones if the
     checkpoint has them and ``init_from_ema``) initialise this model — the 256 → 512 flop-heavy
@@ -97,6 +100,7 @@ class SiD2(DiffusionRecipe):
         power_levels: int = 0,
         num_sample_steps: int = 512,
         gamma: float = 0.3,
+        gamma_on: Literal["small", "large"] = "small",
         clip_x: float | None = 1.0,
         guidance: float = 1.0,
         guidance_interval: tuple[float, float] | Literal["auto"] | None = "auto",
@@ -144,6 +148,9 @@ class SiD2(DiffusionRecipe):
         self.power_levels = power_levels
         self.num_sample_steps = num_sample_steps
         self.gamma = gamma
+        if gamma_on not in ("small", "large"):
+            raise ValueError(f"gamma_on must be 'small' (SiD2 Sec. 1.1 text) or 'large', got {gamma_on!r}")
+        self.gamma_on = gamma_on
         self.clip_x = clip_x
         self.guidance = guidance
         if guidance_interval == "auto":
@@ -193,11 +200,13 @@ class SiD2(DiffusionRecipe):
         guidance: float | None = None,
         guidance_interval: tuple[float, float] | Literal["auto"] | None = "auto",
         gamma: float | None = None,
+        gamma_on: Literal["small", "large"] | None = None,
     ) -> Tensor:
         """Class-conditional images in [-1, 1] (static clipping): DDPM ancestral sampling (SiD2 eq. 3) with interval CFG.
 
         ``guidance`` is the paper's g (default: the module's, 1.0); ``cfg_scale`` is the library's
         w = 1 + g and overrides it. ``guidance_interval="auto"`` uses the module's interval.
+        ``gamma`` / ``gamma_on`` (default: the module's) set the DDPM step variance.
         With ``self.autoguide`` set (``callbacks.AutoGuidance``; SiD2 App. A.3 discusses but does not use it) the
         guide's x̂ replaces the unconditional one, D_guide + w·(D − D_guide) with the guide's w and its log-SNR
         interval; the CFG arguments are then ignored.
@@ -223,7 +232,7 @@ class SiD2(DiffusionRecipe):
             x = ddpm_ancestral_sample(
                 denoiser.with_labels(labels), noise, self.sample_schedule, num_steps or self.num_sample_steps,
                 gamma=self.gamma if gamma is None else gamma, clip_x=self.clip_x, generator=generator,
-                progress=progress,
+                progress=progress, gamma_on=self.gamma_on if gamma_on is None else gamma_on,
             )
         finally:
             self.net.train(was_training)

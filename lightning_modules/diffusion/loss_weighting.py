@@ -57,11 +57,15 @@ def _edm_log_weight(logsnr: Tensor, mean: float, std: float, sigma_data: float) 
 
 
 def _edm_peak(mean: float, std: float, sigma_data: float) -> float:
-    """argmax_λ of the EDM ε-weighting: root of −(λ − mean)/std² + e^(−λ)/(e^(−λ) + σ_d²) by bisection."""
+    """argmax_λ of the EDM ε-weighting (VDM++ Table 1): root of its log-derivative by bisection,
+        d/dλ log w = −(λ − mean)/std² − 1/(1 + σ_d²·e^λ),
+    since d/dλ log(e^(−λ) + σ_d²) = −e^(−λ)/(e^(−λ) + σ_d²). For the EDM defaults the root is λ ≈ −3.31.
+    """
     lo, hi = mean - 20 * std, mean + 20 * std
     for _ in range(200):
         mid = 0.5 * (lo + hi)
-        slope = -(mid - mean) / std**2 + 1.0 / (1.0 + sigma_data**2 * math.exp(mid))
+        # one sign change for the EDM defaults (unimodal log-weight), so slope > 0 puts the peak to the right
+        slope = -(mid - mean) / std**2 - 1.0 / (1.0 + sigma_data**2 * math.exp(mid))
         lo, hi = (mid, hi) if slope > 0 else (lo, mid)
     return 0.5 * (lo + hi)
 

@@ -14,6 +14,7 @@ or a ``generator``. All samplers run under ``torch.no_grad()``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -201,6 +202,11 @@ def euler_maruyama_sample(
     return pack_state([x.to(d) for x, d in zip(xs, dtypes)], noise)
 
 
+# Which DDPM step variance γ weights (SiD2 Sec. 1.1 leaves the reading ambiguous, see ddpm_ancestral_sample):
+# "small" = the posterior σ²_{t→s} (the paper's text), "large" = the forward transition σ²_{t|s}.
+GammaOn = Literal["small", "large"]
+
+
 @torch.no_grad()
 def ddpm_ancestral_sample(
     x_pred_fn: Callable[[Tensor, Tensor], Tensor],
@@ -213,6 +219,7 @@ def ddpm_ancestral_sample(
     progress: bool = False,
     *,
     step_noise: Sequence[Tensor] | Tensor | None = None,
+    gamma_on: GammaOn = "small",
 ) -> Tensor:
     """Ancestral sampling with p(z_s | z_t) = q(z_s | z_t, x = x̂) (SiD2 eq. 3; VDM posterior).
 
@@ -222,6 +229,13 @@ def ddpm_ancestral_sample(
         σ²_{t→s} = (1/σ_s² + α²_{t|s}/σ²_{t|s})⁻¹,
         μ_{t→s} = σ²_{t→s}·(α_{t|s}/σ²_{t|s}·z_t + α_s/σ_s²·x̂),
         z_s = μ_{t→s} + σ_{t→s}^γ·σ_{t|s}^{1−γ}·ε_i  (SiD2 Sec. 1.1; A.4 logvar_type = 0.3).
+    ``gamma_on`` names the variance γ weights, since SiD2's text and the earlier public code differ:
+        "small" (default): log σ² = γ·log σ²_{t→s} + (1 − γ)·log σ²_{t|s}, the paper's text (Sec. 1.1),
+            γ = 0.3 on the small posterior variance σ²_{t→s} = (1 − e^(λ_t − λ_s))·σ_s²;
+        "large": log σ² = γ·log σ²_{t|s} + (1 − γ)·log σ²_{t→s}, γ on the large transition variance
+            σ²_{t|s} = (1 − e^(λ_t − λ_s))·σ_t² — the 'fixed_medium:frac' of the progressive-distillation
+            code (Salimans & Ho 2022) whose 'logvar_type' A.4 echoes, and Improved DDPM's v·log β + (1 − v)·log β̃.
+    The two agree at γ = 0.5, and "large" with γ equals "small" with 1 − γ.
     The final step (to s = 0) returns x̂ without noise; num_steps model calls, num_steps − 1
     normals ε_i (``step_noise[i]`` or drawn from ``generator`` in float64). Schedule arithmetic
     and the state are float64 (σ²_{t|s} as −σ_t²·expm1(λ_t − λ_s), the same quantity without
@@ -229,7 +243,12 @@ def ddpm_ancestral_sample(
     """
     if num_steps < 1:
         raise ValueError("need at least one step")
+    if gamma_on not in ("small", "large"):
+        raise ValueError(f"gamma_on must be 'small' (σ²_{{t→s}}, SiD2's text) or 'large' (σ²_{{t|s}}), "
+                         f"got {gamma_on!r}")
     _check_steps(step_noise, num_steps - 1)
+    # the exponent of the small posterior variance σ²_{t→s}; the large σ²_{t|s} gets the rest
+    w_small = gamma if gamma_on == "small" else 1.0 - gamma
     dtype = noise.dtype
     grid = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64, device=noise.device)
     logsnr = schedule(grid)
@@ -248,7 +267,7 @@ def ddpm_ancestral_sample(
         var_ts = -(sigma_t**2) * torch.expm1(lam_t - lam_s)  # σ_t² − α²_{t|s}σ_s²
         var_post = 1.0 / (1.0 / sigma_s**2 + alpha_ts**2 / var_ts)
         mean = var_post * (alpha_ts / var_ts * z + alpha_s / sigma_s**2 * x_hat)
-        log_std = 0.5 * (gamma * torch.log(var_post) + (1.0 - gamma) * torch.log(var_ts))
+        log_std = 0.5 * (w_small * torch.log(var_post) + (1.0 - w_small) * torch.log(var_ts))
         eps = _step_noise(step_noise, i, (z,), generator)[0]
         z = mean + torch.exp(log_std) * eps
     return x_hat.to(dtype)

@@ -149,6 +149,8 @@ def speeddiff_generator_losses(
         total = total + terms["repa_pp"]
     if posterior is not None:
         losses["logvar_mean"] = posterior.logvar.detach().float().mean()  # Tab. 11's diagnostic
+        # nothing normalises z0 against the flow's unit noise: a falling std is the latent collapse to watch
+        losses["latent_std"] = z0.detach().float().std()
     losses["loss"] = total
     return GeneratorOutput(losses, reconstruction)
 

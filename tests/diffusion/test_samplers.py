@@ -293,6 +293,58 @@ def test_ddpm_step_is_sid2_eq3(gamma: float) -> None:
         torch.testing.assert_close(rec.calls[i + 1][0], z, rtol=1e-9, atol=1e-9)
 
 
+def _ddpm_step_variance(lam_t: float, lam_s: float, gamma: float, gamma_on: str) -> float:
+    """exp(γ·log a + (1 − γ)·log b) from VDM's closed forms with r = e^(λ_t − λ_s):
+    small σ²_{t→s} = (1 − r)·σ_s², large σ²_{t|s} = (1 − r)·σ_t², σ² = sigmoid(−λ);
+    "small" (SiD2 Sec. 1.1 text): a = small, b = large; "large": a = large, b = small."""
+    one_minus_r = -math.expm1(lam_t - lam_s)
+    small, large = one_minus_r / (1 + math.exp(lam_s)), one_minus_r / (1 + math.exp(lam_t))
+    a, b = (small, large) if gamma_on == "small" else (large, small)
+    return math.exp(gamma * math.log(a) + (1 - gamma) * math.log(b))
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("gamma_on", ["small", "large"])
+def test_ddpm_step_variance_closed_forms(gamma_on: str, gamma: float) -> None:
+    # x̂ fixed; ε = 0 except ε_i = 1 moves z_s of step i by exactly σ_step(i), the rest of the path equal
+    schedule = LogSNRSchedule("interpolated_cosine", image_size=128)
+    x_fixed = torch.tensor([[0.3, -0.2, 0.5]], dtype=torch.float64)
+    noise = torch.tensor([[0.7, -1.1, 0.2]], dtype=torch.float64)
+    lam = schedule(torch.linspace(1.0, 0.0, 5, dtype=torch.float64)).tolist()
+
+    def z_seen(step_noise: torch.Tensor) -> list[torch.Tensor]:
+        rec = Recorder(lambda z, t: x_fixed.to(z.dtype))
+        ddpm_ancestral_sample(rec, noise, schedule, num_steps=4, gamma=gamma, clip_x=None,
+                              step_noise=step_noise, gamma_on=gamma_on)
+        return [z for z, _ in rec.calls]
+
+    base = z_seen(torch.zeros(3, 1, 3, dtype=torch.float64))
+    for i in range(3):
+        kick = torch.zeros(3, 1, 3, dtype=torch.float64)
+        kick[i] = 1.0
+        std = z_seen(kick)[i + 1] - base[i + 1]
+        expected = math.sqrt(_ddpm_step_variance(lam[i], lam[i + 1], gamma, gamma_on))
+        torch.testing.assert_close(std, torch.full_like(std, expected), rtol=1e-9, atol=0)
+
+
+def test_ddpm_gamma_readings_mirror_each_other() -> None:
+    # γ on the large variance is 1 − γ on the small one; the readings meet at γ = 0.5 and differ at 0.3
+    schedule = LogSNRSchedule("cosine")
+    noise = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    x_pred = lambda z, t: 0.5 * z  # noqa: E731
+
+    def run(gamma: float, gamma_on: str) -> torch.Tensor:
+        g = torch.Generator().manual_seed(1)
+        return ddpm_ancestral_sample(x_pred, noise, schedule, 6, gamma=gamma, clip_x=None, generator=g,
+                                     gamma_on=gamma_on)
+
+    torch.testing.assert_close(run(0.3, "large"), run(0.7, "small"), rtol=0, atol=0)
+    torch.testing.assert_close(run(0.5, "large"), run(0.5, "small"), rtol=0, atol=0)
+    assert not torch.allclose(run(0.3, "large"), run(0.3, "small"))
+    with pytest.raises(ValueError, match="gamma_on"):
+        run(0.3, "posterior")
+
+
 def test_ddpm_generator_clip_and_dtype() -> None:
     schedule = LogSNRSchedule("cosine")
     noise = torch.randn(5, 3)

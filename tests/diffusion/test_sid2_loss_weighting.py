@@ -1,5 +1,5 @@
 """SiD2 loss weightings (Sec. 2.1, eq. 4, App. B.1, Fig. 3): hand-computed values, the ε/x identity,
-per-resolution bias, time-shifted bias, EDM-monotonic shape."""
+per-resolution bias, time-shifted bias, EDM-monotonic shape and its peak (dense-grid argmax)."""
 from __future__ import annotations
 
 import math
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from speedrun_diffusion.lightning_modules.diffusion.loss_weighting import (
+    _edm_peak,
     edm_monotonic_weight,
     sid2_loss_bias,
     sigmoid_weight,
@@ -74,16 +75,38 @@ def test_time_shifted_bias_warmup():
     assert time_shifted_bias(10, -8.0, -3.0, 0) == -3.0
 
 
+def _edm_by_hand(lam: torch.Tensor) -> torch.Tensor:
+    """EDM ε-weighting N(λ; 2.4, 2.4²)·(e^(−λ) + σ_d²)/σ_d², σ_d = 0.5 (VDM++ Table 1), written out."""
+    return torch.exp(-0.5 * ((lam - 2.4) / 2.4) ** 2) / (2.4 * math.sqrt(2 * math.pi)) * (torch.exp(-lam) + 0.25) / 0.25
+
+
+def test_edm_monotonic_peak_is_the_dense_grid_argmax():
+    # the hold starts at argmax_λ of the EDM weighting (VDM++ "EDM monotonic"), λ* ≈ −3.31 for the defaults
+    lam = torch.linspace(-20, 20, 400_001, dtype=torch.float64)  # spacing 1e-4
+    edm = _edm_by_hand(lam)
+    i_star = int(edm.argmax())
+    lam_star, w_star = float(lam[i_star]), float(edm[i_star])
+    assert lam_star == pytest.approx(-3.31, abs=0.01)
+    assert _edm_peak(2.4, 2.4, 0.5) == pytest.approx(lam_star, abs=2e-4)
+    w = edm_monotonic_weight(lam)
+    # held at the weighting's maximum left of the peak, and equal to the weighting right of it
+    torch.testing.assert_close(w[: i_star - 1], torch.full_like(w[: i_star - 1], w_star), rtol=1e-7, atol=0)
+    torch.testing.assert_close(w[i_star + 2 :], edm[i_star + 2 :], rtol=1e-10, atol=0)
+
+
+def test_edm_monotonic_weight_decreases_on_minus_20_to_20():
+    lam = torch.linspace(-20, 20, 40_001, dtype=torch.float64)
+    w = edm_monotonic_weight(lam)
+    assert (w.diff() <= 0).all()  # monotonically decreasing in ε-space (VDM++)
+    assert (w.diff() < 0).sum() > 0.5 * len(lam)  # strictly falling right of λ* ≈ −3.31 (58 % of the grid)
+
+
 def test_edm_monotonic_weight():
     lam = torch.linspace(-15, 15, 3001, dtype=torch.float64)
-    w = edm_monotonic_weight(lam)
-    assert (w.diff() <= 1e-15).all()  # monotonically decreasing in ε-space (VDM++)
     # right of the peak it is EDM's N(λ; 2.4, 2.4²)·(e^(−λ) + 0.25)/0.25
     lam0 = 6.0
     by_hand = math.exp(-0.5 * ((lam0 - 2.4) / 2.4) ** 2) / (2.4 * math.sqrt(2 * math.pi)) * (math.exp(-lam0) + 0.25) / 0.25
     assert edm_monotonic_weight(torch.tensor([lam0], dtype=torch.float64)).item() == pytest.approx(by_hand, rel=1e-10)
-    # flat left of the peak; the peak is where the unclamped EDM weighting is largest
-    assert w[0] == pytest.approx(w.max().item())
     # x-space form is not monotonic (SiD2 Fig. 3b): it rises then falls
     wx = edm_monotonic_weight(lam, space="x")
     assert (wx.diff() > 0).any() and (wx.diff() < 0).any()

@@ -92,12 +92,26 @@ def test_sample_shapes_guidance_conventions_and_determinism():
     assert module.net.training
 
 
+def test_gamma_on_reaches_the_sampler():
+    # SiD2 Sec. 1.1 reading ("small") by default; "large" with γ is the "small" reading with 1 − γ
+    module = _perturbed()
+    labels = torch.tensor([0, 1])
+    run = lambda m=module, **kw: m.sample(labels, generator=torch.Generator().manual_seed(1), **kw)  # noqa: E731
+    torch.testing.assert_close(run(gamma_on="large"), run(gamma=0.7), rtol=0, atol=0)
+    assert not torch.allclose(run(gamma_on="large"), run())
+    large = SiD2(**TINY, gamma_on="large")
+    large.load_state_dict(module.state_dict())
+    torch.testing.assert_close(run(large), run(gamma=0.7), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="gamma_on"):
+        SiD2(**TINY, gamma_on="prior")
+
+
 def test_paper_defaults():
     with torch.device("meta"):
         module = SiD2(preset="flop_heavy", resolution=512)
     assert module.net.cfg == uvit_preset("flop_heavy", 512)
     assert module.loss_bias == -3.0 and module.guidance_interval == (-3.0, 5.0) and module.guidance == 1.0
-    assert (module.num_sample_steps, module.gamma, module.clip_x) == (512, 0.3, 1.0)
+    assert (module.num_sample_steps, module.gamma, module.gamma_on, module.clip_x) == (512, 0.3, "small", 1.0)
     assert (module.lr, module.betas, module.adam_eps, module.weight_decay, module.warmup_steps) == (
         1e-4, (0.9, 0.99), 1e-12, 0.0, 10_000)
     assert module.schedule.kind == "interpolated_cosine" and (module.schedule.low, module.schedule.high) == (32, 512)

@@ -85,11 +85,18 @@ def test_total_is_the_table_14_weighted_sum():
     post = module.tokenizer.posterior(batch["image"])
     kl = 0.5 * (post.mean**2 + post.logvar.exp() - post.logvar - 1).flatten(1).sum(1).mean()
     torch.testing.assert_close(losses["kl"], kl)
+    # the diagnostics: Tab. 11's mean log-variance and the std of the reparameterised z0 (eq. 7)
+    z0 = post.mean + torch.exp(0.5 * post.logvar) * pinned(module, batch)["latent_noise"]
+    torch.testing.assert_close(losses["logvar_mean"], post.logvar.mean())
+    torch.testing.assert_close(losses["latent_std"], z0.std())
 
 
 def test_one_batched_decoder_pass_equals_the_reference_tpr_loss():
     """x̂_vae and x̂_tpr are decoded (and scored by LPIPS) as one 2B batch: same values as tpr_loss alone."""
     module, batch = tiny(repa_pp=False), images()
+    g = torch.Generator().manual_seed(5)
+    for p in module.net.parameters():  # a non-zero velocity (the adaLN-zero init predicts v = 0)
+        p.data.add_(0.05 * torch.randn(p.shape, generator=g))
     draws = pinned(module, batch)
     losses = generator_losses(module, batch, **draws)
     with torch.no_grad():
@@ -100,6 +107,8 @@ def test_one_batched_decoder_pass_equals_the_reference_tpr_loss():
         x_vae = module.tokenizer.decode(z0)
     for key in ("tpr", "tpr_mse", "tpr_lpips"):
         torch.testing.assert_close(losses[key], ref[key], rtol=1e-5, atol=1e-6)
+    # eq. 8 with the target ε − z0, as a mean over the latent's entries (the paper writes ‖·‖²₂; a constant factor)
+    torch.testing.assert_close(losses["diffusion"], (v - (draws["noise"] - z0)).square().mean(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(losses["mse"], (x_vae - batch["image"]).square().mean(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(losses["lpips"], module.lpips(x_vae, batch["image"]), rtol=1e-5, atol=1e-6)
 

@@ -1,5 +1,6 @@
 """LPIPS wrapper with an injected tiny feature net: metric identities, frozen weights with gradients to the
-inputs, the bundled lpips v0.1 linear heads, and the official-key mapping of the RAE LPIPS state dict."""
+inputs, the bundled lpips v0.1 linear heads, the official-key mapping of the RAE LPIPS state dict, and equality
+with the lpips package's LPIPS on the same (random VGG16, v0.1 head) weights."""
 from __future__ import annotations
 
 import pytest
@@ -74,3 +75,31 @@ def test_official_key_mapping() -> None:
     assert set(official_lpips_state_dict(torchvision_indexed)) == set(torchvision_indexed)
     with pytest.raises(ValueError, match="scaling_layer.scale"):
         official_lpips_state_dict({"scaling_layer.scale": torch.ones(1, 3, 1, 1)})
+
+
+def test_equals_the_lpips_package_on_the_same_weights() -> None:
+    """Our LPIPS is the lpips package's LPIPS(net="vgg", version="0.1"): same random VGG16 injected into both
+    (pnet_rand: no download), the package's bundled v0.1 heads loaded by each side's own loader."""
+    import warnings
+
+    import lpips
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # torchvision's deprecated ``pretrained=`` argument inside lpips
+        warnings.simplefilter("ignore", UserWarning)
+        ref = lpips.LPIPS(pretrained=True, net="vgg", version="0.1", pnet_rand=True, verbose=False)  # heads only
+    ours = LPIPS(lpips_vgg16(pretrained=False), VGG16_CHANNELS, pretrained=False,
+                 linear_weights=lpips_linear_weights_path("vgg"))
+    ours.net.load_state_dict(ref.net.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(3, 3, 64, 64, generator=g) * 2 - 1, torch.rand(3, 3, 64, 64, generator=g) * 2 - 1
+    y[2] = x[2] + 0.05 * torch.randn(3, 64, 64, generator=g)  # one near pair: a small distance too
+    with torch.no_grad():
+        expected, expected_layers = ref(x, y, retPerLayer=True)  # inputs already in [−1, 1]
+        got, got_layers = ours(x, y, reduction="none"), ours.layer_distances(x, y)
+    assert expected.shape == got.shape == (3, 1, 1, 1)
+    assert (expected > 0).all() and expected.flatten().unique().numel() == 3  # distinct, non-trivial values
+    # the same ops in the same order: bit-equal, per layer and in total (max abs diff 0.0)
+    for a, b in zip(got_layers, expected_layers):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

@@ -1,5 +1,5 @@
 """Residual U-ViT (SiD2 eq. 5): identity at init, shapes for every patching and block mix, asymmetric depths,
-App. A.4 presets on the meta device with their App. A.2 FLOP counts, and clear config errors."""
+App. A.4 presets (their settings, and on the meta device their App. A.2 FLOP counts), and clear config errors."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -125,6 +125,18 @@ def test_presets_build_on_meta_with_a2_flops(name: str, resolution: int):
     if name == "flop_heavy" and resolution > 128:
         small = uvit_preset("small", resolution)
         assert uvit_formula_gflops(cfg) > 4 * uvit_formula_gflops(small)
+
+
+@pytest.mark.parametrize("name, resolution", sorted(PRESET_PATCH))
+def test_presets_carry_the_a4_settings(name: str, resolution: int):
+    # App. A.4, both variants: num_updown_blocks [3, 3, 3], num_mid_blocks 16, block_dropout [0, 0, 0.1, 0.1],
+    # block_type [Res, Res, Transformer, Transformer]; flop heavy at 128² drops the top (128-channel) level
+    cfg = uvit_preset(name, resolution)
+    top = 1 if (name, resolution) == ("flop_heavy", 128) else 0
+    assert cfg.block_types == ("resblock", "resblock", "transformer", "transformer")[top:]
+    assert cfg.block_dropout == (0.0, 0.0, 0.1, 0.1)[top:]
+    assert cfg.num_down_blocks == cfg.num_up_blocks == (3, 3, 3)[top:]
+    assert cfg.num_mid_blocks == 16
 
 
 def test_a2_formulas_by_hand():
