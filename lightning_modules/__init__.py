@@ -3,7 +3,8 @@
 Public LightningModules (DESIGN "Public surface"); recipes land here as their issues are built.
 """
 from speedrun_diffusion.lightning_modules.latent_encoder import LatentEncoder
-from speedrun_diffusion.lightning_modules.rae import RAEStage1, RAEStage2
+from speedrun_diffusion.lightning_modules.rae_stage1 import RAEStage1
+from speedrun_diffusion.lightning_modules.rae_stage2 import RAEStage2
 from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe
 from speedrun_diffusion.lightning_modules.sid2 import SiD2
 from speedrun_diffusion.lightning_modules.sit import SiT

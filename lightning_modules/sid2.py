@@ -10,8 +10,8 @@ diffusion"). The recipe, with the paper's App. A.4 values as defaults:
 * optimiser: Adam β = (0.9, 0.99), ε = 1e-12, lr 1e-4, 10k warm-up, no weight decay (EMA 0.9999 is
   the `callbacks.EMA` of the configs);
 * sampling: DDPM ancestral (eq. 3), 512 steps, γ = 0.3 on the small variance σ_{t→s} as the Sec. 1.1 text
-  reads (``gamma_on``), static clipping, CFG "guidance = 1.0" on a log-SNR interval ((−3, 5) / (−1.5, 5) /
-  (0, 5) at 512 / 256 / 128).
+  reads (``DDPM.gamma_on``), static clipping, CFG "guidance = 1.0" — the library's guidance_scale w = 1 + g = 2 —
+  on a log-SNR interval ((−3, 5) / (−1.5, 5) / (0, 5) at 512 / 256 / 128: ``guidance_interval: auto``).
 
 The module is thin: network in `networks.uvit`, weighting in `diffusion.loss_weighting`, the loss in
 `losses.sigmoid_loss` / `losses.power_loss`, the sampler and guidance in `diffusion`.
@@ -28,11 +28,15 @@ from torch import Tensor
 
 from speedrun_diffusion.lightning_modules.diffusion.guidance import GuidedDenoiser
 from speedrun_diffusion.lightning_modules.diffusion.loss_weighting import sid2_loss_bias, time_shifted_bias
-from speedrun_diffusion.lightning_modules.diffusion.samplers import ddpm_ancestral_sample
+from speedrun_diffusion.lightning_modules.diffusion.sampling import DDPM, Sampler, SamplingConfig
 from speedrun_diffusion.lightning_modules.diffusion.vp import LogSNRSchedule, ScheduleKind, alpha_sigma, x_from_v
+from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 from speedrun_diffusion.lightning_modules.losses.sigmoid_loss import Weighting, vp_diffusion_loss
 from speedrun_diffusion.lightning_modules.networks.uvit import PresetName, UViT, UViTConfig, uvit_preset
-from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
+from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig
+from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig
+from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe
+from speedrun_diffusion.lightning_modules.sharding import ShardingConfig
 from speedrun_diffusion.lightning_modules.weights import load_exact, network_weights, read_checkpoint, read_state_dict
 
 __all__ = ["SID2_GUIDANCE_INTERVAL", "SiD2", "sid2_guidance_interval"]
@@ -61,10 +65,11 @@ class SiD2(DiffusionRecipe):
     the Haar levels of the power loss. ``schedule`` is the training λ_t; sampling always uses
     ``sample_schedule`` (SiD2 Sec. 4.1 fixes it to the interpolated cosine).
 
-    Sampling: ``guidance`` in the paper's convention (x̂ = (1 + g)·cond − g·uncond; 0 = none);
-    ``guidance_interval`` in log-SNR ("auto": A.4 per resolution, None: everywhere); ``gamma`` is A.4's
-    logvar_type and ``gamma_on`` the variance it weights: "small" = σ²_{t→s} (Sec. 1.1 text, default),
-    "large" = σ²_{t|s} (the earlier public code's reading; ``ddpm_ancestral_sample`` has both closed forms).
+    Sampling (``sampling``): the ``DDPM`` sampler object holds A.4's γ (``gamma``, logvar_type), the variance it
+    weights (``gamma_on``: "small" = σ²_{t→s}, the Sec. 1.1 text, default; "large" = σ²_{t|s}, the earlier public
+    code's reading) and static clipping (``clip_x``); ``guidance_scale`` is the library's w = 1 + g of the paper's
+    x̂ = (1 + g)·cond − g·uncond (A.4's "guidance = 1.0" is 2.0); ``guidance_interval`` is in log-SNR ("auto": A.4
+    per resolution, None: every step).
 
     ``init_from``: a Lightning checkpoint or safetensors file whose network weights (EMA ones if the
     checkpoint has them and ``init_from_ema``) initialise this model — the 256 → 512 flop-heavy
@@ -98,27 +103,15 @@ class SiD2(DiffusionRecipe):
         bias_start: float | None = None,
         bias_warmup_steps: int = 0,
         power_levels: int = 0,
-        num_sample_steps: int = 512,
-        gamma: float = 0.3,
-        gamma_on: Literal["small", "large"] = "small",
-        clip_x: float | None = 1.0,
-        guidance: float = 1.0,
-        guidance_interval: tuple[float, float] | Literal["auto"] | None = "auto",
         init_from: str | None = None,
         init_from_ema: bool = True,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        adam_eps: float = 1e-12,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 10_000,
-        lr_schedule: LRSchedule = "constant",
-        min_lr: float = 0.0,
-        fsdp_param_dtype: Literal["float32", "bfloat16"] | None = None,
-        nonfinite: NonFinitePolicy = "skip",
+        sampling: SamplingConfig = SamplingConfig(sampler=DDPM(gamma=0.3, gamma_on="small", clip_x=1.0), num_steps=512,
+                                                  guidance_scale=2.0, guidance_interval="auto"),
+        optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4, betas=(0.9, 0.99), eps=1e-12, warmup_steps=10_000),
+        sharding: ShardingConfig = ShardingConfig(),
+        nonfinite: NonFiniteConfig = NonFiniteConfig(),
     ) -> None:
-        super().__init__(lr=lr, betas=betas, weight_decay=weight_decay, adam_eps=adam_eps, warmup_steps=warmup_steps,
-                         lr_schedule=lr_schedule, min_lr=min_lr, fsdp_param_dtype=fsdp_param_dtype,
-                         nonfinite=nonfinite)
+        super().__init__(optimizer, sharding, nonfinite, sampling)
         self.save_hyperparameters()
         overrides = dict(
             patch_size=patch_size, channels=channels, block_types=block_types, num_updown_blocks=num_updown_blocks,
@@ -146,18 +139,15 @@ class SiD2(DiffusionRecipe):
         self.bias_start = bias_start
         self.bias_warmup_steps = bias_warmup_steps
         self.power_levels = power_levels
-        self.num_sample_steps = num_sample_steps
-        self.gamma = gamma
-        if gamma_on not in ("small", "large"):
-            raise ValueError(f"gamma_on must be 'small' (SiD2 Sec. 1.1 text) or 'large', got {gamma_on!r}")
-        self.gamma_on = gamma_on
-        self.clip_x = clip_x
-        self.guidance = guidance
-        if guidance_interval == "auto":
-            guidance_interval = sid2_guidance_interval(resolution)
-        self.guidance_interval = tuple(guidance_interval) if guidance_interval is not None else None
+        self.resolution = resolution
         if init_from:
             self.load_net_weights(init_from, use_ema=init_from_ema)
+
+    process = "vp"  # DDPM steps a VP process
+
+    def paper_guidance_interval(self) -> tuple[float, float]:
+        """A.4's log-SNR guidance interval at this resolution (``guidance_interval: auto``)."""
+        return sid2_guidance_interval(self.resolution)
 
     def shard_units(self) -> list[torch.nn.Module]:
         """FSDP2 units: every ResBlock and transformer block of the U-ViT, at every level."""
@@ -193,50 +183,40 @@ class SiD2(DiffusionRecipe):
         self,
         labels: Tensor,
         num_steps: int | None = None,
-        cfg_scale: float | None = None,
+        guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | Literal["auto", "all"] | None = None,
+        sampler: Sampler | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
-        guidance: float | None = None,
-        guidance_interval: tuple[float, float] | Literal["auto"] | None = "auto",
-        gamma: float | None = None,
-        gamma_on: Literal["small", "large"] | None = None,
     ) -> Tensor:
-        """Class-conditional images in [-1, 1] (static clipping): DDPM ancestral sampling (SiD2 eq. 3) with interval CFG.
+        """Class-conditional images in [-1, 1] (static clipping): DDPM ancestral sampling (SiD2 eq. 3) with interval
+        CFG; arguments left None keep the ``sampling`` group's ("all": guidance at every step).
 
-        ``guidance`` is the paper's g (default: the module's, 1.0); ``cfg_scale`` is the library's
-        w = 1 + g and overrides it. ``guidance_interval="auto"`` uses the module's interval.
-        ``gamma`` / ``gamma_on`` (default: the module's) set the DDPM step variance.
         With ``self.autoguide`` set (``callbacks.AutoGuidance``; SiD2 App. A.3 discusses but does not use it) the
         guide's x̂ replaces the unconditional one, D_guide + w·(D − D_guide) with the guide's w and its log-SNR
         interval; the CFG arguments are then ignored.
         """
+        options = self.sampling_options(num_steps=num_steps, guidance_scale=guidance_scale,
+                                        guidance_interval=guidance_interval, sampler=sampler)
         cfg = self.net.cfg
         labels = labels.to(self.device)
         if noise is None:
             shape = (len(labels), cfg.in_channels, cfg.resolution, cfg.resolution)
             noise = torch.randn(shape, device=self.device, generator=generator)
-        scale = cfg_scale if cfg_scale is not None else 1.0 + (self.guidance if guidance is None else guidance)
-        interval = self.guidance_interval if guidance_interval == "auto" else guidance_interval
         ag = self.autoguide
         if ag is not None:  # the guide's v → x̂ exactly as the main net's, so both are the same parameterisation
             denoiser = GuidedDenoiser(self.x_prediction, scale=ag.scale, interval=ag.interval, interval_on="logsnr",
                                       schedule=self.sample_schedule,
                                       guide_fn=lambda z, t, y: self.x_prediction(z, t, y, net=ag.net))
         else:
-            denoiser = GuidedDenoiser(self.x_prediction, scale=scale, null_label=cfg.num_classes, interval=interval,
-                                      interval_on="logsnr", schedule=self.sample_schedule)
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            x = ddpm_ancestral_sample(
-                denoiser.with_labels(labels), noise, self.sample_schedule, num_steps or self.num_sample_steps,
-                gamma=self.gamma if gamma is None else gamma, clip_x=self.clip_x, generator=generator,
-                progress=progress, gamma_on=self.gamma_on if gamma_on is None else gamma_on,
-            )
-        finally:
-            self.net.train(was_training)
-        return x  # in [−clip_x, clip_x]: the sampler's last x̂ is clipped (unclipped if clip_x is None)
+            denoiser = GuidedDenoiser(self.x_prediction, scale=options.guidance_scale, null_label=cfg.num_classes,
+                                      interval=options.guidance_interval, interval_on="logsnr",
+                                      schedule=self.sample_schedule)
+        with eval_mode(self.net):
+            # in [−clip_x, clip_x]: the sampler's last x̂ is clipped (unclipped if the DDPM's clip_x is None)
+            return options.sampler.sample(denoiser.with_labels(labels), noise, self.sample_schedule,
+                                          options.num_steps, generator=generator, progress=progress)
 
     # ---------------------------------------------------------------- fine-tuning (SiD2 Sec. 2.2)
     def load_net_weights(self, path: str | Path, use_ema: bool = True) -> None:

@@ -14,14 +14,19 @@ import torch
 from torch import Tensor, nn
 
 from speedrun_diffusion.lightning_modules.diffusion import (
+    EulerMaruyama,
+    Sampler,
+    SamplingConfig,
     TimeSampler,
     dimension_shift,
-    euler_maruyama_sample,
-    euler_ode_sample,
 )
+from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 from speedrun_diffusion.lightning_modules.losses import flow_matching_loss
 from speedrun_diffusion.lightning_modules.networks.dit import DiT, dit_preset
-from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
+from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig
+from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig
+from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe
+from speedrun_diffusion.lightning_modules.sharding import ShardingConfig
 
 
 class SiT(DiffusionRecipe):
@@ -30,6 +35,7 @@ class SiT(DiffusionRecipe):
     ``time_shift``: 1.0 is vanilla SiT; "auto" uses s = sqrt(C·H·W / 4096) (SR-DiT / RAE shift),
     in training and sampling alike. ``tokenizer`` (any module with ``encode``/``decode``, frozen)
     makes it a latent model; latents are multiplied by ``latent_scale`` before diffusion.
+    Sampling (SiT): Euler–Maruyama, 250 steps, CFG off; optimiser (SiT): AdamW 1e-4 constant.
     """
 
     def __init__(
@@ -44,24 +50,14 @@ class SiT(DiffusionRecipe):
         class_dropout_prob: float = 0.1,
         time_sampler: Literal["uniform", "logit_normal"] = "uniform",
         time_shift: float | Literal["auto"] = 1.0,
-        sampler: Literal["ode", "sde"] = "sde",
-        num_sample_steps: int = 250,
-        cfg_scale: float = 1.0,
-        cfg_interval: tuple[float, float] | None = None,
         tokenizer: nn.Module | None = None,
         latent_scale: float = 1.0,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        lr_schedule: LRSchedule = "constant",
-        min_lr: float = 0.0,
-        fsdp_param_dtype: Literal["float32", "bfloat16"] | None = None,
-        nonfinite: NonFinitePolicy = "skip",
+        sampling: SamplingConfig = SamplingConfig(sampler=EulerMaruyama(), num_steps=250),
+        optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4),
+        sharding: ShardingConfig = ShardingConfig(),
+        nonfinite: NonFiniteConfig = NonFiniteConfig(),
     ) -> None:
-        super().__init__(lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                         lr_schedule=lr_schedule, min_lr=min_lr, fsdp_param_dtype=fsdp_param_dtype,
-                         nonfinite=nonfinite)
+        super().__init__(optimizer, sharding, nonfinite, sampling)
         self.save_hyperparameters(ignore=["tokenizer"])
         sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items() if v is not None}
         self.net = DiT(dit_preset(model, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
@@ -72,10 +68,6 @@ class SiT(DiffusionRecipe):
         dim = in_channels * input_size * input_size
         self.shift = dimension_shift(dim) if time_shift == "auto" else float(time_shift)
         self.time_sampler = TimeSampler(time_sampler, shift=self.shift)
-        self.sampler = sampler
-        self.num_sample_steps = num_sample_steps
-        self.cfg_scale = cfg_scale
-        self.cfg_interval = tuple(cfg_interval) if cfg_interval is not None else None
 
     # ---------------------------------------------------------------- training
     def compute_losses(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -89,32 +81,27 @@ class SiT(DiffusionRecipe):
         self,
         labels: Tensor,
         num_steps: int | None = None,
-        cfg_scale: float | None = None,
+        guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | Literal["auto"] | None = "auto",
+        sampler: Sampler | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
-        sampler: Literal["ode", "sde"] | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """Class-conditional images in [-1, 1] (SiT sampling: Euler ODE or Euler–Maruyama SDE + CFG).
+        """Class-conditional images in [-1, 1] (SiT sampling: the ``sampling`` group's sampler + CFG); arguments left
+        None keep the ``sampling`` group's values ("auto": its interval).
 
         With ``self.autoguide`` set (``callbacks.AutoGuidance``) the guide network replaces CFG (Karras et al.
-        2024); its interval is on the flow time t the network sees (t = 1 noise) and ``cfg_scale`` is ignored."""
+        2024); its interval is on the flow time t the network sees (t = 1 noise) and guidance_scale is ignored."""
+        options = self.sampling_options(num_steps=num_steps, guidance_scale=guidance_scale,
+                                        guidance_interval=guidance_interval, sampler=sampler)
         cfg = self.net.cfg
         labels = labels.to(self.device)
         if noise is None:
             shape = (len(labels), cfg.in_channels, cfg.input_size, cfg.input_size)
             noise = torch.randn(shape, device=self.device, generator=generator)
-        denoiser = self.flow_guidance(self.cfg_scale if cfg_scale is None else cfg_scale, self.cfg_interval)
-        steps = num_steps or self.num_sample_steps
-        velocity = lambda x, t: denoiser(x, t, labels)  # noqa: E731
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            if (sampler or self.sampler) == "ode":
-                x0 = euler_ode_sample(velocity, noise, steps, shift=self.shift, progress=progress)
-            else:
-                x0 = euler_maruyama_sample(velocity, noise, steps, shift=self.shift, generator=generator,
-                                           progress=progress)
-        finally:
-            self.net.train(was_training)
+        denoiser = self.flow_guidance(options.guidance_scale, options.guidance_interval)
+        with eval_mode(self.net):
+            x0 = options.sampler.sample(denoiser.with_labels(labels), noise, options.num_steps, shift=self.shift,
+                                        generator=generator, progress=progress)
         return self.decode(x0)

@@ -28,18 +28,25 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from speedrun_diffusion.lightning_modules.diffusion import TimeSampler, euler_maruyama_sample, euler_ode_sample
-from speedrun_diffusion.lightning_modules.losses.gan import GANPhase, LeCamRegularizer, select_gan_losses
+from speedrun_diffusion.lightning_modules.diffusion import EulerMaruyama, Sampler, SamplingConfig, TimeSampler
+from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
+from speedrun_diffusion.lightning_modules.gan_recipe import GANRecipe
+from speedrun_diffusion.lightning_modules.losses.gan import LeCamRegularizer, select_gan_losses
+from speedrun_diffusion.lightning_modules.losses.lpips import LPIPS
 from speedrun_diffusion.lightning_modules.losses.repa_pp import DIFFUSION_REPA_DEPTH, REPAPlusPlus
 from speedrun_diffusion.lightning_modules.losses.speeddiff_loss import (
     SpeedDiffWeights,
     speeddiff_discriminator_losses,
     speeddiff_generator_losses,
 )
+from speedrun_diffusion.lightning_modules.networks.discriminators import PatchGANDiscriminator
 from speedrun_diffusion.lightning_modules.networks.dit import DiT, refined_dit_preset
 from speedrun_diffusion.lightning_modules.networks.invae import INVAE, INVAEConfig
+from speedrun_diffusion.lightning_modules.networks.target_encoders import DINOv2Targets
 from speedrun_diffusion.lightning_modules.networks.vit_vae import ViTVAE, vit_vae_preset
-from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy, warmup_schedule_factor
+from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig
+from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig
+from speedrun_diffusion.lightning_modules.sharding import ShardingConfig
 from speedrun_diffusion.lightning_modules.weights import load_exact, read_checkpoint, recipe_of, weights_under
 
 log = logging.getLogger(__name__)
@@ -90,7 +97,7 @@ def load_speeddiff_vae(path: str | Path) -> nn.Module:
     return vae.requires_grad_(False).eval()
 
 
-class SpeedDiff(DiffusionRecipe):
+class SpeedDiff(GANRecipe):
     """SpeedDiff (Algorithm 1). Defaults are SpeedDiff-B at 256 without REPA++ (Tab. 14).
 
     Networks: ``vae`` ("B" / "L" / "XL" ViT-VAE, or "cnn"), ``resolution`` (256: p 16, 512: p 32; the latent is
@@ -104,13 +111,12 @@ class SpeedDiff(DiffusionRecipe):
     package VGG16, full resolution), ``discriminator`` (default: PatchGAN with spectral norm) and ``vfm`` are
     injectable modules (tiny configs: small random nets; no download).
 
-    Optimisation: AdamW ``lr`` 1e-4, β (0.9, 0.999), no weight decay for (φ, ψ, θ, ω); the discriminator's
-    AdamW uses ``disc_lr`` / ``disc_betas`` (the paper names none: default the main ones); ``grad_clip``
-    clips each optimizer's gradient norm (Lightning's ``gradient_clip_val`` is unavailable under manual
-    optimisation).
+    Optimisation (``optimizer``; ``GANRecipe``): AdamW 1e-4, β (0.9, 0.999), no weight decay for (φ, ψ, θ, ω);
+    the discriminator's AdamW uses ``discriminator_lr`` / ``discriminator_betas`` (the paper names none: default the
+    main ones); ``grad_clip`` clips each optimizer's gradient norm.
 
-    Sampling (A.3, Tab. 14): ``sampler`` "sde" (Euler–Maruyama) with ``num_sample_steps`` 250, CFG
-    ``cfg_scale`` / ``cfg_interval``, or autoguidance when ``self.autoguide`` is set.
+    Sampling (``sampling``; A.3, Tab. 14): Euler–Maruyama with 250 steps, CFG ``guidance_scale`` /
+    ``guidance_interval``, or autoguidance when ``self.autoguide`` is set.
     """
 
     weight_loading_args = ("frozen_vae",)
@@ -148,29 +154,13 @@ class SpeedDiff(DiffusionRecipe):
         discriminator: nn.Module | None = None,
         vfm: nn.Module | None = None,
         frozen_vae: str | None = None,
-        sampler: Literal["ode", "sde"] = "sde",
-        num_sample_steps: int = 250,
-        cfg_scale: float = 1.0,
-        cfg_interval: tuple[float, float] | None = None,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        adam_eps: float = 1e-8,
-        warmup_steps: int = 0,
-        lr_schedule: LRSchedule = "constant",
-        min_lr: float = 0.0,
-        disc_lr: float | None = None,
-        disc_betas: tuple[float, float] | None = None,
-        grad_clip: float | None = None,
-        fsdp_param_dtype: Literal["float32", "bfloat16"] | None = None,
-        nonfinite: NonFinitePolicy = "skip",
+        sampling: SamplingConfig = SamplingConfig(sampler=EulerMaruyama(), num_steps=250),
+        optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4),
+        sharding: ShardingConfig = ShardingConfig(),
+        nonfinite: NonFiniteConfig = NonFiniteConfig(),
     ) -> None:
-        super().__init__(lr=lr, betas=betas, weight_decay=weight_decay, adam_eps=adam_eps, warmup_steps=warmup_steps,
-                         lr_schedule=lr_schedule, min_lr=min_lr, fsdp_param_dtype=fsdp_param_dtype, nonfinite=nonfinite)
+        super().__init__(optimizer, sharding, nonfinite, sampling)
         self.save_hyperparameters(ignore=["lpips", "discriminator", "vfm"])
-        self.automatic_optimization = False
-        if grad_clip is not None and grad_clip <= 0:
-            raise ValueError(f"grad_clip must be > 0 or null, got {grad_clip}")
         self.weights = SpeedDiffWeights(mse_weight, lpips_weight, gan_weight, kl_weight, diffusion_weight,
                                         tpr_mse_weight, tpr_lpips_weight, lecam_weight)
         self.train_vae = frozen_vae is None
@@ -185,14 +175,10 @@ class SpeedDiff(DiffusionRecipe):
         self.time_sampler = TimeSampler(time_sampler)
         needs_lpips = (self.train_vae and lpips_weight > 0) or tpr_lpips_weight > 0
         if needs_lpips and lpips is None:
-            from speedrun_diffusion.lightning_modules.losses.lpips import LPIPS
-
             lpips = LPIPS()  # lpips package VGG16 + v0.1 heads, full resolution (A.2.2)
         self.lpips = lpips if needs_lpips else None
         needs_disc = self.train_vae and gan_weight > 0
         if needs_disc and discriminator is None:
-            from speedrun_diffusion.lightning_modules.networks.discriminators import PatchGANDiscriminator
-
             discriminator = PatchGANDiscriminator()
         self.discriminator = discriminator if needs_disc else None
         self.lecam = LeCamRegularizer(lecam_decay) if needs_disc and lecam_weight > 0 else None
@@ -204,8 +190,6 @@ class SpeedDiff(DiffusionRecipe):
             if not 1 <= repa_depth <= self.net.cfg.depth:
                 raise ValueError(f"repa_depth {repa_depth} is not a block of the {self.net.cfg.depth}-block denoiser")
             if vfm is None:
-                from speedrun_diffusion.lightning_modules.networks.target_encoders import DINOv2Targets
-
                 vfm = DINOv2Targets(resolution=vfm_resolution)  # DINOv2-B/14 through timm (pretrained)
             self.vfm = vfm
             target_dim = int(getattr(vfm, "embed_dim", 0) or 0)
@@ -213,14 +197,6 @@ class SpeedDiff(DiffusionRecipe):
                 raise ValueError("the REPA++ vfm must expose `embed_dim` (its token width)")
             self.repa = REPAPlusPlus(channels, self.net.cfg.hidden_size, target_dim, adapter_dim,
                                      repa_latent_weight, repa_diffusion_weight)
-        self.sampler = sampler
-        self.num_sample_steps = num_sample_steps
-        self.cfg_scale = cfg_scale
-        self.cfg_interval = tuple(cfg_interval) if cfg_interval is not None else None
-        self.disc_lr = disc_lr
-        self.disc_betas = tuple(disc_betas) if disc_betas is not None else None
-        self.grad_clip = grad_clip
-        self.gan_phase = GANPhase()  # SpeedDiff: every term from step 0 (callbacks.GANWarmup may change it)
         self._reconstruction: Tensor | None = None  # sg(x̂_vae) of the joint step, reused by the discriminator step
         self.strict_loading = False  # LPIPS / VFM tensors are left out of checkpoints (on_save_checkpoint)
         self.freeze()
@@ -323,49 +299,16 @@ class SpeedDiff(DiffusionRecipe):
         self._reconstruction = out.reconstruction
         return out.losses
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Joint step on (φ, ψ, θ, ω), then (GAN phase "disc") the discriminator step on sg(x̂_vae); returns
-        the detached joint loss (callbacks see it as ``outputs["loss"]``)."""
-        images = batch["image"]
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        schedulers = self.lr_schedulers()
-        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
-        losses = self.compute_losses(batch)
-        finite = self.losses_are_finite(losses)
-        self.manual_optimizer_step(optimizers[0], losses["loss"] if finite else None, True, self.grad_clip)
-        schedulers[0].step()
-        self.log_losses(losses, "train", batch_size=len(images))
-        fake = self._reconstruction
-        if self.gan_phase.disc and self.discriminator is not None and fake is not None:
-            self.discriminator.train()
-            d = speeddiff_discriminator_losses(self.discriminator, images, fake, self.lecam, self.weights.lecam,
-                                               self.d_loss_fn)
-            finite = self.losses_are_finite(d)
-            self.manual_optimizer_step(optimizers[1], d["d_loss"] if finite else None, False, self.grad_clip)
-            schedulers[1].step()
-            self.log_dict({f"train/{k}": v.detach().float() for k, v in d.items()}, batch_size=len(images))
-        self._reconstruction = None
-        return losses["loss"].detach()
+    def discriminator_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """The discriminator's hinge + LeCam losses on sg(x̂_vae) of this step's joint update (Algorithm 1)."""
+        if self._reconstruction is None:
+            return None
+        self.discriminator.train()
+        return speeddiff_discriminator_losses(self.discriminator, batch["image"], self._reconstruction, self.lecam,
+                                              self.weights.lecam, self.d_loss_fn)
 
-    def configure_optimizers(self) -> tuple[list, list]:
-        """AdamW on everything trained except the discriminator, and one for the discriminator (Tab. 14)."""
-        disc = {id(p) for p in self.discriminator.parameters()} if self.discriminator is not None else set()
-        main = [p for p in self.trainable_parameters() if id(p) not in disc]
-        optimizers = [torch.optim.AdamW(main, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay,
-                                        eps=self.adam_eps)]
-        if self.discriminator is not None:
-            optimizers.append(torch.optim.AdamW(
-                [p for p in self.discriminator.parameters() if p.requires_grad], lr=self.disc_lr or self.lr,
-                betas=self.disc_betas or self.betas, weight_decay=self.weight_decay, eps=self.adam_eps))
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None and \
-            self.lr_schedule == "cosine" else None
-        schedulers = []
-        for opt in optimizers:
-            ratio = self.min_lr / opt.param_groups[0]["lr"] if opt.param_groups[0]["lr"] > 0 else 0.0
-            fn = lambda s, r=ratio: warmup_schedule_factor(s, self.warmup_steps, total, self.lr_schedule, r)  # noqa: E731
-            schedulers.append({"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, fn), "interval": "step"})
-        return optimizers, schedulers
+    def end_of_step(self) -> None:
+        self._reconstruction = None
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -373,40 +316,33 @@ class SpeedDiff(DiffusionRecipe):
         self,
         labels: Tensor,
         num_steps: int | None = None,
-        cfg_scale: float | None = None,
+        guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | Literal["auto", "all"] | None = None,
+        sampler: Sampler | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
-        sampler: Literal["ode", "sde"] | None = None,
         progress: bool = False,
         return_latents: bool = False,
     ) -> Tensor:
-        """Images in [−1, 1] (A.3): Euler–Maruyama (or Euler ODE) on the latent, decoded by the VAE decoder.
+        """Images in [−1, 1] (A.3): the ``sampling`` group's sampler on the latent, decoded by the VAE decoder;
+        arguments left None keep the configured ones.
 
         Guidance: autoguidance when ``self.autoguide`` is set (A.3.1; same labels, interval on t), else CFG
-        with ``cfg_scale`` on ``cfg_interval``. The null label ``num_classes`` samples unconditionally (A.3.2)."""
+        with ``guidance_scale`` on ``guidance_interval``. The null label ``num_classes`` samples unconditionally
+        (A.3.2)."""
+        options = self.sampling_options(num_steps=num_steps, guidance_scale=guidance_scale,
+                                        guidance_interval=guidance_interval, sampler=sampler)
         labels = labels.to(self.device)
         if noise is None:
             noise = torch.randn((len(labels), *self.latent_shape), device=self.device, generator=generator)
-        denoiser = self.flow_guidance(self.cfg_scale if cfg_scale is None else cfg_scale, self.cfg_interval)
-        steps = num_steps or self.num_sample_steps
-        velocity = lambda x, t: denoiser(x, t, labels)  # noqa: E731
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            if (sampler or self.sampler) == "ode":
-                z0 = euler_ode_sample(velocity, noise, steps, progress=progress)
-            else:
-                z0 = euler_maruyama_sample(velocity, noise, steps, generator=generator, progress=progress)
-        finally:
-            self.net.train(was_training)
+        denoiser = self.flow_guidance(options.guidance_scale, options.guidance_interval)
+        with eval_mode(self.net):
+            z0 = options.sampler.sample(denoiser.with_labels(labels), noise, options.num_steps, generator=generator,
+                                        progress=progress)
         if return_latents:
             return z0
-        was_training = self.tokenizer.training
-        self.tokenizer.eval()
-        try:
+        with eval_mode(self.tokenizer):
             return self.tokenizer.decode(z0).clamp(-1, 1)
-        finally:
-            self.tokenizer.train(was_training)
 
 
 __all__ = ["SpeedDiff", "load_speeddiff_vae", "speeddiff_denoiser", "speeddiff_vae"]

@@ -24,14 +24,24 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from speedrun_diffusion.lightning_modules.checkpoints.srdit import load_invae_weights
-from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, dimension_shift, euler_maruyama_sample
+from speedrun_diffusion.lightning_modules.diffusion import (
+    EulerMaruyama,
+    GuidedDenoiser,
+    Sampler,
+    SamplingConfig,
+    dimension_shift,
+)
+from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 from speedrun_diffusion.lightning_modules.latent_encoder import LatentMode, encode_latents
 from speedrun_diffusion.lightning_modules.losses.srdit_loss import SRDiTLoss
 from speedrun_diffusion.lightning_modules.networks.dit import dit_preset
 from speedrun_diffusion.lightning_modules.networks.sprint import SprintConfig, SprintDiT, build_dit
-from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe, LRSchedule, NonFinitePolicy
+from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig
+from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig
+from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe
+from speedrun_diffusion.lightning_modules.sharding import ShardingConfig
 
-Guidance = Literal["none", "cfg", "path_drop"]
+GuidanceMode = Literal["cfg", "path_drop"]
 
 
 class SRDiT(DiffusionRecipe):
@@ -43,7 +53,11 @@ class SRDiT(DiffusionRecipe):
     batch must carry ``repa_target``. ``tokenizer_weights``: a local INVAE file (official ``e2e-invae`` keys,
     safetensors or a torch file) loaded strictly into ``tokenizer``. ``latent_mode``: images encoded on the fly
     use the posterior sample (official) or its mean.
-    Defaults are the official train.sh settings (AdamW 1e-4 constant, betas (0.9, 0.999), wd 0).
+    Defaults are the official train.sh settings (AdamW 1e-4 constant, betas (0.9, 0.999), wd 0) and sampler
+    (Euler–Maruyama, 250 steps, no guidance for metrics). Guidance for pictures: ``guidance_mode`` picks the guide —
+    "cfg" (the unconditional prediction) or "path_drop" (SR-DiT Sec. 3.7: the network with its sparse path dropped)
+    — weighted by ``sampling.guidance_scale`` on the latent and ``cls_guidance_scale`` on the REG token (official:
+    a scale <= 0 leaves the token conditional), on ``sampling.guidance_interval`` of the shifted t.
     """
 
     weight_loading_args = ("tokenizer_weights",)
@@ -75,28 +89,20 @@ class SRDiT(DiffusionRecipe):
         cfm_weight: float = 0.05,
         shift_base: int = 4096,
         time_shift: bool = True,
-        num_sample_steps: int = 250,
-        guidance: Guidance = "none",
-        guidance_scale: float = 1.0,
+        guidance_mode: GuidanceMode = "cfg",
         cls_guidance_scale: float = 1.0,
-        guidance_interval: tuple[float, float] = (0.0, 1.0),
         tokenizer: nn.Module | None = None,
         latent_scale: float = 0.3099,
         latent_mode: LatentMode = "sample",
         target_encoder: nn.Module | None = None,
         tokenizer_weights: str | None = None,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        lr_schedule: LRSchedule = "constant",
-        min_lr: float = 0.0,
-        fsdp_param_dtype: Literal["float32", "bfloat16"] | None = None,
-        nonfinite: NonFinitePolicy = "skip",
+        sampling: SamplingConfig = SamplingConfig(sampler=EulerMaruyama(t_last=0.04), num_steps=250,
+                                                  guidance_scale=1.0, guidance_interval=(0.0, 1.0)),
+        optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4),
+        sharding: ShardingConfig = ShardingConfig(),
+        nonfinite: NonFiniteConfig = NonFiniteConfig(),
     ) -> None:
-        super().__init__(lr=lr, betas=betas, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                         lr_schedule=lr_schedule, min_lr=min_lr, fsdp_param_dtype=fsdp_param_dtype,
-                         nonfinite=nonfinite)
+        super().__init__(optimizer, sharding, nonfinite, sampling)
         self.save_hyperparameters(ignore=["tokenizer", "target_encoder"])
         sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items() if v is not None}
         cfg = dit_preset(
@@ -118,11 +124,10 @@ class SRDiT(DiffusionRecipe):
         self.freeze()
         self.shift = dimension_shift(in_channels * input_size * input_size, shift_base) if time_shift else 1.0
         self.loss_fn = SRDiTLoss(repa_weight=repa_weight, cls_weight=cls_weight, cfm_weight=cfm_weight, shift=self.shift)
-        self.num_sample_steps = num_sample_steps
-        self.guidance = guidance
-        self.guidance_scale = guidance_scale
+        if guidance_mode not in ("cfg", "path_drop"):
+            raise ValueError(f"guidance_mode must be 'cfg' or 'path_drop', got {guidance_mode!r}")
+        self.guidance_mode = guidance_mode
         self.cls_guidance_scale = cls_guidance_scale
-        self.guidance_interval = tuple(guidance_interval)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [m for m in (self.tokenizer, self.target_encoder) if m is not None]
@@ -199,47 +204,48 @@ class SRDiT(DiffusionRecipe):
         self,
         labels: Tensor,
         num_steps: int | None = None,
-        guidance: Guidance | None = None,
         guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | Literal["auto", "all"] | None = None,
+        sampler: Sampler | None = None,
         noise: tuple[Tensor, Tensor] | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        guidance_mode: GuidanceMode | None = None,
+        cls_guidance_scale: float | None = None,
     ) -> Tensor:
-        """Images in [−1, 1] (SR-DiT samplers.py: Euler–Maruyama on (latent, cls), optional CFG / PDG).
+        """Images in [−1, 1] (SR-DiT samplers.py: Euler–Maruyama on (latent, cls), optional CFG / PDG); arguments
+        left None keep the configured ones. ``noise`` is the pair (latent noise, cls-token noise).
 
         With ``self.autoguide`` set (``callbacks.AutoGuidance``; not in the SR-DiT paper) the guide network — an
         SR-DiT net predicting (v, v_cls) too — replaces CFG / PDG with its scale on both outputs, on its interval
-        of the shifted t the network sees; ``guidance`` / ``guidance_scale`` are then ignored."""
+        of the shifted t the network sees; the guidance arguments are then ignored."""
+        options = self.sampling_options(num_steps=num_steps, guidance_scale=guidance_scale,
+                                        guidance_interval=guidance_interval, sampler=sampler)
+        mode = self.guidance_mode if guidance_mode is None else guidance_mode
+        cls_scale = self.cls_guidance_scale if cls_guidance_scale is None else cls_guidance_scale
         cfg = self.net.cfg
         labels = labels.to(self.device)
         if noise is None:
             shape = (len(labels), cfg.in_channels, cfg.input_size, cfg.input_size)
             noise = (torch.randn(shape, device=self.device, generator=generator),
                      torch.randn(len(labels), cfg.cls_token_dim, device=self.device, generator=generator))
-        mode = self.guidance if guidance is None else guidance
-        scale = self.guidance_scale if guidance_scale is None else guidance_scale
         null = cfg.num_classes
         # official: the cls drift is guided with its own scale, conditional when that scale is <= 0
-        scales = (scale, self.cls_guidance_scale if self.cls_guidance_scale > 0 else 1.0) if mode != "none" else (1.0, 1.0)
+        scales, interval = (options.guidance_scale, cls_scale if cls_scale > 0 else 1.0), options.guidance_interval
         guide_fn = None
         if mode == "path_drop" and not isinstance(self.net, SprintDiT):
             raise ValueError("path-drop guidance needs the SPRINT network (sprint=True)")
         if mode == "path_drop":
             guide_fn = lambda x, t, y: self.net.velocity(x, t, torch.full_like(y, null), uncond=True)  # noqa: E731
-        interval = self.guidance_interval
         ag = self.autoguide
         if ag is not None:  # autoguidance replaces CFG / PDG: the guide's (v, v_cls) with one weight for both
             scales, interval = (ag.scale, ag.scale), ag.interval
             guide_fn = lambda x, t, y: ag.net.velocity(x, t, y)  # noqa: E731
         denoiser = GuidedDenoiser(self.net.velocity, scales=scales, guide_fn=guide_fn, null_label=null,
                                   interval=interval)
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            x0, _ = euler_maruyama_sample(denoiser.with_labels(labels), noise, num_steps or self.num_sample_steps,
-                                          shift=self.shift, generator=generator, progress=progress)
-        finally:
-            self.net.train(was_training)
+        with eval_mode(self.net):
+            x0, _ = options.sampler.sample(denoiser.with_labels(labels), noise, options.num_steps, shift=self.shift,
+                                           generator=generator, progress=progress)
         return self.decode(x0)
 
 

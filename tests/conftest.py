@@ -1,4 +1,13 @@
-"""Shared test fixtures: deterministic CPU torch and the reference-vector directory."""
+"""Shared test fixtures: deterministic CPU torch, the reference-vector directory, and the test tiers.
+
+Tiers (one folder each, marked automatically; docs/testing.md):
+
+* ``unit`` — one process, in memory, seconds: mirrors the packages (blocks, networks, diffusion, losses, datamodules,
+  callbacks, recipes) plus the layering and safe-loading checks;
+* ``reference`` — equivalence with the official code's vectors under ``$SPEEDRUN_REFERENCE_DIR``;
+* ``distributed`` — two gloo processes (FSDP2 / DDP), started from ``distributed/launchers/``;
+* ``e2e`` — the ``speedrun-diffusion`` command line end to end: configs, resumes, kills, bad input, the wheel.
+"""
 from __future__ import annotations
 
 import json
@@ -8,7 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 
-REFERENCE_DIR = Path(os.environ.get("SPEEDRUN_REFERENCE_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "reference")).resolve()
+REFERENCE_DIR = Path(os.environ.get("SPEEDRUN_REFERENCE_DIR",
+                                    Path(__file__).resolve().parents[1] / ".." / "shared" / "reference")).resolve()
+TIERS = ("unit", "reference", "distributed", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with the tier of its folder (``pytest -m unit`` runs the fast tier)."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        parts = Path(str(item.fspath)).resolve().relative_to(tests).parts
+        if parts and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 def reference_cases(area: str, case: str) -> list[Path]:

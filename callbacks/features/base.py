@@ -8,7 +8,6 @@ arbitrary pickles (``lightning_modules.weights.read_state_dict``).
 """
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 

@@ -24,7 +24,11 @@ from speedrun_diffusion.lightning_modules.checkpoints.registry import (
     register_official,
     strip_wrapper_prefixes,
 )
-from speedrun_diffusion.lightning_modules.checkpoints.srdit import srdit_config_from_args, srdit_invae_config, srdit_sit_config
+from speedrun_diffusion.lightning_modules.checkpoints.srdit import (
+    srdit_config_from_args,
+    srdit_invae_config,
+    srdit_sit_config,
+)
 
 __all__ = [
     "OFFICIAL_IMPORTERS",

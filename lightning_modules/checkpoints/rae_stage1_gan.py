@@ -15,8 +15,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from speedrun_diffusion.lightning_modules.checkpoints.registry import OfficialCheckpointError, load_strict, register_official
-from speedrun_diffusion.lightning_modules.losses.lpips import LPIPS, LPIPS_SCALE, LPIPS_SHIFT, VGG16_CHANNELS, lpips_vgg16
+from speedrun_diffusion.lightning_modules.checkpoints.registry import (
+    OfficialCheckpointError,
+    load_strict,
+    register_official,
+)
+from speedrun_diffusion.lightning_modules.losses.lpips import (
+    LPIPS,
+    LPIPS_SCALE,
+    LPIPS_SHIFT,
+    VGG16_CHANNELS,
+    lpips_vgg16,
+)
 from speedrun_diffusion.lightning_modules.networks.discriminators import DINO_RECIPES, DinoDiscriminator
 
 _ARCH_KEYS = {"dino_ckpt_path", "dino_state_dict", "ks", "norm_type", "using_spec_norm", "recipe", "key_depths"}

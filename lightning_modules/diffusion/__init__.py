@@ -1,4 +1,5 @@
-"""Diffusion math with no trainable state: linear flow, VP log-SNR schedules, samplers, guidance."""
+"""Diffusion math with no trainable state: linear flow, VP log-SNR schedules, samplers (functions and the sampler
+objects a recipe's ``sampling`` group holds), guidance."""
 from __future__ import annotations
 
 from speedrun_diffusion.lightning_modules.diffusion.flow import (
@@ -12,13 +13,24 @@ from speedrun_diffusion.lightning_modules.diffusion.flow import (
     x0_from_velocity,
 )
 from speedrun_diffusion.lightning_modules.diffusion.guidance import GuidedDenoiser
+from speedrun_diffusion.lightning_modules.diffusion.rae_flow import RAETransport, rae_sample, rae_shift, rae_time_grid
 from speedrun_diffusion.lightning_modules.diffusion.samplers import (
     ddpm_ancestral_sample,
     euler_maruyama_sample,
     euler_ode_sample,
     flow_time_grid,
+    heun_ode_sample,
 )
-from speedrun_diffusion.lightning_modules.diffusion.rae_flow import RAETransport, rae_sample, rae_shift, rae_time_grid
+from speedrun_diffusion.lightning_modules.diffusion.sampling import (
+    DDPM,
+    EulerMaruyama,
+    EulerODE,
+    FlowSampler,
+    Heun,
+    Sampler,
+    SamplingConfig,
+    VPSampler,
+)
 from speedrun_diffusion.lightning_modules.diffusion.state import State, pack_state, state_parts
 from speedrun_diffusion.lightning_modules.diffusion.vp import (
     LogSNRSchedule,
@@ -35,7 +47,16 @@ from speedrun_diffusion.lightning_modules.diffusion.vp import (
 )
 
 __all__ = [
+    "DDPM",
+    "EulerMaruyama",
+    "EulerODE",
+    "FlowSampler",
     "GuidedDenoiser",
+    "Heun",
+    "Sampler",
+    "SamplingConfig",
+    "VPSampler",
+    "heun_ode_sample",
     "RAETransport",
     "rae_sample",
     "rae_shift",

@@ -24,7 +24,11 @@ import torch
 from torch import Tensor
 
 from speedrun_diffusion.lightning_modules.diffusion.flow import TimeSampler, dimension_shift, shift_time
-from speedrun_diffusion.lightning_modules.diffusion.samplers import euler_maruyama_sample, euler_ode_sample, flow_time_grid
+from speedrun_diffusion.lightning_modules.diffusion.samplers import (
+    euler_maruyama_sample,
+    euler_ode_sample,
+    flow_time_grid,
+)
 from speedrun_diffusion.lightning_modules.diffusion.state import State
 
 __all__ = ["RAETransport", "rae_shift", "rae_time_grid", "rae_sample"]

@@ -1,4 +1,4 @@
-"""Samplers: Euler ODE and Euler–Maruyama SDE for the linear flow, DDPM ancestral for VP.
+"""Samplers: Euler and Heun ODE and Euler–Maruyama SDE for the linear flow, DDPM ancestral for VP.
 
 Flow samplers integrate from t = 1 (noise) to t = 0 (data) with a *velocity function*
 ``velocity_fn(state, t) -> velocity`` where t has shape (B,). The state is either one tensor or a
@@ -27,6 +27,7 @@ from speedrun_diffusion.lightning_modules.diffusion.vp import LogSNRSchedule, al
 __all__ = [
     "flow_time_grid",
     "euler_ode_sample",
+    "heun_ode_sample",
     "euler_maruyama_sample",
     "ddpm_ancestral_sample",
 ]
@@ -122,6 +123,42 @@ def euler_ode_sample(
         t_cur, t_next = grid[i], grid[i + 1]
         vs = _call(velocity_fn, xs, t_cur, dtypes, noise)
         xs = tuple(x + (t_next - t_cur) * v for x, v in zip(xs, vs))
+    return pack_state([x.to(d) for x, d in zip(xs, dtypes)], noise)
+
+
+@torch.no_grad()
+def heun_ode_sample(
+    velocity_fn: Callable[[State, Tensor], State],
+    noise: State,
+    num_steps: int,
+    shift: float = 1.0,
+    progress: bool = False,
+    *,
+    timesteps: Tensor | None = None,
+    state_dtype: torch.dtype = torch.float64,
+) -> State:
+    """Heun's second-order integration of the probability-flow ODE (Karras et al. 2022, EDM Alg. 1 without churn),
+    on the same grid as ``euler_ode_sample``:
+
+        x' = x_k + (t_{k+1} − t_k)·v(x_k, t_k),
+        x_{k+1} = x_k + (t_{k+1} − t_k)·½·(v(x_k, t_k) + v(x', t_{k+1}))   (Euler, x_{k+1} = x', when t_{k+1} = 0).
+
+    2·num_steps − 1 model calls; the error falls as num_steps⁻² where Euler's falls as num_steps⁻¹.
+    """
+    grid = flow_time_grid(num_steps + 1, 0.0, shift) if timesteps is None else timesteps
+    first = state_parts(noise)[0]
+    grid = grid.to(device=first.device, dtype=state_dtype)
+    dtypes = tuple(n.dtype for n in state_parts(noise))
+    xs = tuple(n.to(state_dtype) for n in state_parts(noise))
+    for i in tqdm(range(grid.shape[0] - 1), disable=not progress, desc="heun ode", leave=False):
+        t_cur, t_next = grid[i], grid[i + 1]
+        vs = _call(velocity_fn, xs, t_cur, dtypes, noise)
+        euler = tuple(x + (t_next - t_cur) * v for x, v in zip(xs, vs))
+        if float(t_next) == 0.0:  # the velocity at t = 0 is not needed: the last step stays first order
+            xs = euler
+            continue
+        vs_next = _call(velocity_fn, euler, t_next, dtypes, noise)
+        xs = tuple(x + (t_next - t_cur) * 0.5 * (v + w) for x, v, w in zip(xs, vs, vs_next))
     return pack_state([x.to(d) for x, d in zip(xs, dtypes)], noise)
 
 

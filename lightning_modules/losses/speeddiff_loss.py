@@ -28,7 +28,13 @@ from torch import Tensor, nn
 
 from speedrun_diffusion.lightning_modules.diffusion import TimeSampler, flow_interpolate, flow_velocity_target
 from speedrun_diffusion.lightning_modules.losses.flow_matching import velocity_mse
-from speedrun_diffusion.lightning_modules.losses.gan import GANPhase, LeCamRegularizer, disc_accuracy, hinge_d_loss, vanilla_g_loss
+from speedrun_diffusion.lightning_modules.losses.gan import (
+    GANPhase,
+    LeCamRegularizer,
+    disc_accuracy,
+    hinge_d_loss,
+    vanilla_g_loss,
+)
 from speedrun_diffusion.lightning_modules.losses.kl import kl_loss
 from speedrun_diffusion.lightning_modules.losses.repa_pp import REPAPlusPlus, capture_block_output
 from speedrun_diffusion.lightning_modules.losses.tpr import tweedie_latent

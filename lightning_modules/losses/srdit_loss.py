@@ -21,7 +21,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from speedrun_diffusion.lightning_modules.diffusion import TimeSampler, dimension_shift, flow_interpolate, flow_velocity_target
+from speedrun_diffusion.lightning_modules.diffusion import (
+    TimeSampler,
+    dimension_shift,
+    flow_interpolate,
+    flow_velocity_target,
+)
 from speedrun_diffusion.lightning_modules.losses.contrastive_flow import contrastive_flow_loss
 from speedrun_diffusion.lightning_modules.losses.flow_matching import velocity_mse
 from speedrun_diffusion.lightning_modules.losses.reg import cls_velocity_loss

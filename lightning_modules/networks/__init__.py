@@ -1,7 +1,13 @@
 """Whole networks composed from `lightning_modules.blocks`."""
-from speedrun_diffusion.lightning_modules.networks.dit import DiT, DiTConfig, DiTOutput, dit_preset, refined_dit_preset
 from speedrun_diffusion.lightning_modules.networks.ddt_head import DDTHead, DDTHeadConfig
-from speedrun_diffusion.lightning_modules.networks.dit import lightningdit_preset
+from speedrun_diffusion.lightning_modules.networks.dit import (
+    DiT,
+    DiTConfig,
+    DiTOutput,
+    dit_preset,
+    lightningdit_preset,
+    refined_dit_preset,
+)
 from speedrun_diffusion.lightning_modules.networks.ditdh import DiTDH, DiTDHConfig, ditdh_preset
 from speedrun_diffusion.lightning_modules.networks.invae import INVAE, INVAEConfig
 from speedrun_diffusion.lightning_modules.networks.rae import RAE, noise_augment

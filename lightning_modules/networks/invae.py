@@ -19,7 +19,12 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speedrun_diffusion.lightning_modules.blocks.conv_autoencoder import ConvResnetBlock, Downsample, SpatialSelfAttention, Upsample
+from speedrun_diffusion.lightning_modules.blocks.conv_autoencoder import (
+    ConvResnetBlock,
+    Downsample,
+    SpatialSelfAttention,
+    Upsample,
+)
 from speedrun_diffusion.lightning_modules.blocks.resblock import group_norm
 from speedrun_diffusion.lightning_modules.networks.gaussian_autoencoder import DiagonalGaussian, GaussianAutoencoder
 

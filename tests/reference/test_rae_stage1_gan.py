@@ -28,7 +28,7 @@ from speedrun_diffusion.lightning_modules.losses.gan import (
 )
 from speedrun_diffusion.lightning_modules.losses.lpips import LPIPS
 from speedrun_diffusion.lightning_modules.networks.discriminators import DINO_RECIPES, DinoDiscriminator
-from speedrun_diffusion.lightning_modules.recipe import warmup_schedule_factor
+from speedrun_diffusion.lightning_modules.optimization import warmup_schedule_factor
 from tests.conftest import REFERENCE_DIR, load_case, reference_cases, with_prefix
 
 AREA = "rae_stage1"

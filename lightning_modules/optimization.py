@@ -1,0 +1,133 @@
+"""The optimiser every recipe trains with: AdamW and its learning-rate schedule, as one typed argument group.
+
+    optimizer:                      # model.init_args.optimizer in YAML; defaults are each recipe's paper values
+      lr: 1.0e-4
+      betas: [0.9, 0.999]
+      warmup_steps: 0               # linear warm-up from lr/warmup_steps (or warmup_epochs, RAE Table 12)
+      schedule: constant            # constant | cosine (to min_lr at the last step) | hold_linear (RAE App. F)
+
+The papers train with AdamW (Adam at weight decay 0): SiT / SR-DiT / SpeedDiff constant 1e-4, SiD2 β₂ 0.99 and
+ε 1e-12 after a 10k-step warm-up, RAE stage 1 a one-epoch warm-up then cosine 2e-4 → 2e-5, RAE stage 2 constant for
+40 epochs then linear to 2e-5 at epoch 800. The GAN recipes' discriminator uses the same schedule with its own
+``discriminator_lr`` / ``discriminator_betas`` when given.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+__all__ = ["LRSchedule", "OptimizerConfig", "adamw", "hold_linear_factor", "lr_factor", "scheduled", "steps_per_epoch",
+           "warmup_schedule_factor"]
+
+LRSchedule = Literal["constant", "cosine", "hold_linear"]
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW and its schedule (a recipe's ``optimizer`` argument group).
+
+    Args:
+        lr, betas, weight_decay, eps: AdamW's.
+        warmup_steps: linear warm-up over the first steps (0: none); ``warmup_epochs`` overrides it in epochs.
+        schedule: "constant"; "cosine" from lr to ``min_lr`` at the last training step; "hold_linear" (RAE
+            App. F): constant for ``hold_epochs``, linear to ``min_lr`` at ``decay_end_epoch``, constant after.
+        grad_clip: gradient-norm clipping of the manual-optimisation (GAN) recipes, per optimizer (the others
+            clip with ``trainer.gradient_clip_val``, which Lightning forbids under manual optimisation).
+        discriminator_lr / discriminator_betas: the GAN recipes' discriminator optimizer (None: as above).
+    """
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    warmup_epochs: float | None = None
+    schedule: LRSchedule = "constant"
+    min_lr: float = 0.0
+    hold_epochs: float = 40.0
+    decay_end_epoch: float = 800.0
+    grad_clip: float | None = None
+    discriminator_lr: float | None = None
+    discriminator_betas: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "cosine", "hold_linear"):
+            raise ValueError(f"optimizer.schedule must be 'constant', 'cosine' or 'hold_linear', got {self.schedule!r}")
+        for name in ("lr", "weight_decay", "eps", "warmup_steps", "min_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"optimizer.{name} must be >= 0, got {getattr(self, name)}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"optimizer.grad_clip must be > 0 or null, got {self.grad_clip}")
+        for name in ("betas", "discriminator_betas"):
+            value = getattr(self, name)
+            if value is not None:
+                if len(value) != 2 or not all(0.0 <= b < 1.0 for b in value):
+                    raise ValueError(f"optimizer.{name} must be two numbers in [0, 1), got {value}")
+                object.__setattr__(self, name, (float(value[0]), float(value[1])))
+
+
+def adamw(params: Iterable[nn.Parameter], cfg: OptimizerConfig, discriminator: bool = False) -> torch.optim.AdamW:
+    """AdamW over ``params`` with ``cfg``'s settings (the discriminator's lr / betas when ``discriminator``)."""
+    lr = cfg.discriminator_lr if discriminator and cfg.discriminator_lr is not None else cfg.lr
+    betas = cfg.discriminator_betas if discriminator and cfg.discriminator_betas is not None else cfg.betas
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
+
+
+def warmup_schedule_factor(step: int, warmup_steps: int, total_steps: int | None, schedule: str,
+                           min_lr_ratio: float) -> float:
+    """LR multiplier: linear warm-up over ``warmup_steps``, then constant or a cosine to ``min_lr_ratio``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant" or not total_steps or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def hold_linear_factor(step: int, hold_steps: int, end_steps: int, min_lr_ratio: float, warmup_steps: int = 0) -> float:
+    """LR multiplier of RAE App. F for DiT^DH: constant for ``hold_steps`` (40 epochs), then linear to
+    ``min_lr_ratio`` (2e-5 / 2e-4) at ``end_steps`` (800 epochs), constant after (official ``linear`` schedule
+    with ``warmup_from_zero: false``); an optional linear warm-up from zero over ``warmup_steps`` first."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if step < hold_steps:
+        return 1.0
+    if end_steps <= hold_steps:
+        return min_lr_ratio
+    progress = min(1.0, (step - hold_steps) / (end_steps - hold_steps))
+    return 1.0 + (min_lr_ratio - 1.0) * progress
+
+
+def steps_per_epoch(trainer: Any) -> int:
+    """Optimizer steps in one training epoch (``trainer.num_training_batches`` / gradient accumulation)."""
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()  # as estimated_stepping_batches does (it skips this when max_epochs is -1)
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches):
+        raise ValueError("epoch-based LR settings need a sized training loader: give the schedule in steps")
+    return max(1, int(batches) // max(1, trainer.accumulate_grad_batches))
+
+
+def lr_factor(cfg: OptimizerConfig, lr: float, trainer: Any | None) -> Callable[[int], float]:
+    """The ``LambdaLR`` multiplier of ``cfg``'s schedule for an optimizer at base ``lr`` (epochs and the total
+    step count come from ``trainer``; without one, epoch-based settings count one step per epoch)."""
+    epoch = steps_per_epoch(trainer) if trainer is not None and (
+        cfg.warmup_epochs is not None or cfg.schedule == "hold_linear") else 1
+    warmup = int(round(cfg.warmup_epochs * epoch)) if cfg.warmup_epochs is not None else cfg.warmup_steps
+    ratio = cfg.min_lr / lr if lr > 0 else 0.0
+    if cfg.schedule == "hold_linear":
+        hold, end = int(round(cfg.hold_epochs * epoch)), int(round(cfg.decay_end_epoch * epoch))
+        return lambda step: hold_linear_factor(step, hold, end, ratio, warmup)
+    total = int(trainer.estimated_stepping_batches) if trainer is not None and cfg.schedule == "cosine" else None
+    return lambda step: warmup_schedule_factor(step, warmup, total, cfg.schedule, ratio)
+
+
+def scheduled(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, trainer: Any | None) -> dict[str, Any]:
+    """Lightning's scheduler entry for ``optimizer``: ``cfg``'s schedule stepped every optimizer step."""
+    factor = lr_factor(cfg, optimizer.param_groups[0]["lr"], trainer)
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
