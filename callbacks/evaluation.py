@@ -50,6 +50,7 @@ from speedrun_diffusion.callbacks.image_protocol import (
     write_npz,
 )
 from speedrun_diffusion.callbacks.metrics import FID, KDD, PSNR, RFID, SFID, SSIM, InceptionScore, PrecisionRecall
+from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 
 GENERATION_METRICS = ("fid", "sfid", "is", "precision_recall", "kdd")
 RECONSTRUCTION_METRICS = ("rfid", "psnr", "ssim")
@@ -86,7 +87,7 @@ class Evaluation(L.Callback):
         reference: ADM reference batch ``.npz`` (e.g. ``VIRTUAL_imagenet256_labeled.npz``); None uses
             the validation dataset's images.
         num_reference: at most this many validation images as the reference (None: all).
-        num_steps / sample_kwargs: forwarded to ``pl_module.sample`` (guidance: cfg_scale, interval, ...).
+        num_steps / sample_kwargs: forwarded to ``pl_module.sample`` (guidance_scale, guidance_interval, sampler, ...).
         seed: seed of the sampling noise.
         quantization: "truncate" (seed papers) or "round" (EDM2) for samples and reconstructions.
         npz_path: if set, write the samples there as an ADM sample batch (``arr_0``, ``arr_1`` labels).
@@ -296,34 +297,29 @@ class Evaluation(L.Callback):
             kwargs["num_steps"] = self.num_steps
         kept: list[np.ndarray] = []
         ema = EMA.find(trainer)
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with ema.swapped(pl_module) if ema is not None else contextlib.nullcontext():
-                with _progress(self.progress and trainer.is_global_zero, "evaluation samples",
-                               total=sum(min(self.batch_size, self.num_samples - b * self.batch_size)
-                                         for b in batches)) as bar:
-                    for call in range(calls if sharded else len(batches)):
-                        if call >= len(batches):
-                            # sharded forwards are collective: match the other ranks' call count, discard
-                            pl_module.sample(torch.zeros(1, dtype=torch.int64), generator=self.batch_generator(-1, device),
-                                             progress=False, **kwargs)
-                            continue
-                        b = batches[call]
-                        start = b * self.batch_size
-                        count = min(self.batch_size, self.num_samples - start)
-                        labels = balanced_labels(count, num_classes, start).to(device)
-                        images = pl_module.sample(labels, generator=self.batch_generator(b, device), progress=False,
-                                                  **kwargs)
-                        uint8 = quantize(_check_samples(images, count), self.quantization)
-                        feats = self._features(uint8, device, self.generation_metrics)
-                        idx = torch.arange(start, start + count, device=device)
-                        self._update_fake(metrics, feats, idx)
-                        if self.npz_path:
-                            kept.append(nchw_to_nhwc(uint8).cpu().numpy())
-                        bar.update(count)
-        finally:
-            pl_module.train(was_training)
+        with eval_mode(pl_module), (ema.swapped(pl_module) if ema is not None else contextlib.nullcontext()):
+            with _progress(self.progress and trainer.is_global_zero, "evaluation samples",
+                           total=sum(min(self.batch_size, self.num_samples - b * self.batch_size)
+                                     for b in batches)) as bar:
+                for call in range(calls if sharded else len(batches)):
+                    if call >= len(batches):
+                        # sharded forwards are collective: match the other ranks' call count, discard
+                        pl_module.sample(torch.zeros(1, dtype=torch.int64), generator=self.batch_generator(-1, device),
+                                         progress=False, **kwargs)
+                        continue
+                    b = batches[call]
+                    start = b * self.batch_size
+                    count = min(self.batch_size, self.num_samples - start)
+                    labels = balanced_labels(count, num_classes, start).to(device)
+                    images = pl_module.sample(labels, generator=self.batch_generator(b, device), progress=False,
+                                              **kwargs)
+                    uint8 = quantize(_check_samples(images, count), self.quantization)
+                    feats = self._features(uint8, device, self.generation_metrics)
+                    idx = torch.arange(start, start + count, device=device)
+                    self._update_fake(metrics, feats, idx)
+                    if self.npz_path:
+                        kept.append(nchw_to_nhwc(uint8).cpu().numpy())
+                    bar.update(count)
         if not batches:  # a rank without samples still joins the gather, with empty states of the right width
             self._update_fake(metrics, self._empty_features(device), torch.zeros(0, device=device))
 

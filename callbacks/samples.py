@@ -7,6 +7,7 @@ strategies every rank samples (sharded parameters need all ranks) and rank 0 log
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from speedrun_diffusion.callbacks.ema import EMA
+from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 
 
 def image_grid(images: Tensor, nrow: int) -> Tensor:
@@ -31,7 +33,7 @@ class LogSamples(L.Callback):
         every_n_steps: sampling period in optimizer steps (also once at the end of fit).
         num_samples: images per grid; label k is ``k mod num_classes`` (balanced, as the papers).
         nrow: images per grid row (default: one column per class up to 10).
-        num_steps / sample_kwargs: forwarded to ``pl_module.sample`` (e.g. ``cfg_scale``).
+        num_steps / sample_kwargs: forwarded to ``pl_module.sample`` (e.g. ``guidance_scale``).
         seed: seed of the fixed noise.
         save_dir: optionally also write PNG grids there (``samples_step{N}.png``).
     """
@@ -69,16 +71,8 @@ class LogSamples(L.Callback):
         if self.num_steps is not None:
             kwargs["num_steps"] = self.num_steps
         ema = EMA.find(trainer)
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            if ema is not None:
-                with ema.swapped(pl_module):
-                    images = pl_module.sample(self.labels(num_classes), generator=generator, progress=True, **kwargs)
-            else:
-                images = pl_module.sample(self.labels(num_classes), generator=generator, progress=True, **kwargs)
-        finally:
-            pl_module.train(was_training)
+        with eval_mode(pl_module), (ema.swapped(pl_module) if ema is not None else contextlib.nullcontext()):
+            images = pl_module.sample(self.labels(num_classes), generator=generator, progress=True, **kwargs)
         return image_grid(images, self.nrow or min(num_classes, 10))
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -255,7 +255,8 @@ class RAEStage1(GANRecipe):
             losses["gan"] = self.g_loss_fn(logits)
             if torch.is_grad_enabled():
                 lam = adaptive_weight(rec, losses["gan"], self.net.last_layer, self.max_d_weight)
-                losses.update(adaptive_weight=lam.weight, rec_grad_norm=lam.rec_grad_norm, gan_grad_norm=lam.gan_grad_norm)
+                losses.update(adaptive_weight=lam.weight, rec_grad_norm=lam.rec_grad_norm,
+                              gan_grad_norm=lam.gan_grad_norm)
                 total = rec + self.disc_weight * lam.weight * losses["gan"]
         losses["loss"] = total
         return losses

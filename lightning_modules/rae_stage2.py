@@ -139,8 +139,8 @@ class RAEStage2(DiffusionRecipe):
         stats_path: str | None = None,
         sampling: SamplingConfig = SamplingConfig(sampler=EulerODE(), num_steps=50, guidance_scale=1.0,
                                                   guidance_interval=(0.0, 1.0)),
-        optimizer: OptimizerConfig = OptimizerConfig(lr=2e-4, betas=(0.9, 0.95), schedule="hold_linear", hold_epochs=40.0,
-                                                     decay_end_epoch=800.0, min_lr=2e-5),
+        optimizer: OptimizerConfig = OptimizerConfig(lr=2e-4, betas=(0.9, 0.95), schedule="hold_linear",
+                                                     hold_epochs=40.0, decay_end_epoch=800.0, min_lr=2e-5),
         sharding: ShardingConfig = ShardingConfig(),
         nonfinite: NonFiniteConfig = NonFiniteConfig(),
     ) -> None:
@@ -260,8 +260,8 @@ class RAEStage2(DiffusionRecipe):
         with eval_mode(self.net):
             if self.transport.official or step_noise is not None:  # the official grids / the given normals
                 if not isinstance(options.sampler, (EulerODE, EulerMaruyama)):
-                    raise ValueError("official_sampler / step_noise replay the official Euler samplers: choose EulerODE "
-                                     f"or EulerMaruyama, not {type(options.sampler).__name__}")
+                    raise ValueError("official_sampler / step_noise replay the official Euler samplers: choose "
+                                     f"EulerODE or EulerMaruyama, not {type(options.sampler).__name__}")
                 method = "ode" if isinstance(options.sampler, EulerODE) else "sde"
                 x0 = self.transport.sample(velocity, noise, options.num_steps, method, generator=generator,
                                            step_noise=step_noise, progress=progress)

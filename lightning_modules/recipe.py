@@ -67,12 +67,14 @@ class DiffusionRecipe(L.LightningModule):
         sampling: SamplingConfig | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        cls = type(self)  # a mapping overrides the subclass's declared defaults (its paper values) field by field
-        self.optimizer_config = as_group(optimizer, OptimizerConfig, declared_default(cls, "optimizer", OptimizerConfig))
-        self.sharding_config = as_group(sharding, ShardingConfig, declared_default(cls, "sharding", ShardingConfig))
-        self.nonfinite_guard = NonFiniteGuard(
-            as_group(nonfinite, NonFiniteConfig, declared_default(cls, "nonfinite", NonFiniteConfig)))
-        self.sampling = as_group(sampling, SamplingConfig, declared_default(cls, "sampling", SamplingConfig))
+        def group(value: Any, name: str, kind: type) -> Any:
+            # a mapping overrides the subclass's declared defaults (its paper values) field by field
+            return as_group(value, kind, declared_default(type(self), name, kind))
+
+        self.optimizer_config = group(optimizer, "optimizer", OptimizerConfig)
+        self.sharding_config = group(sharding, "sharding", ShardingConfig)
+        self.nonfinite_guard = NonFiniteGuard(group(nonfinite, "nonfinite", NonFiniteConfig))
+        self.sampling = group(sampling, "sampling", SamplingConfig)
         self._pending_rng: Mapping[str, Any] | None = None
         self._drop_gradients = False  # set by a skipped step under data parallelism
         self.tokenizer: nn.Module | None = None  # frozen encode/decode pair of latent recipes (DESIGN contract)
@@ -282,7 +284,8 @@ class DiffusionRecipe(L.LightningModule):
     def net_from_hparams(cls, hparams: Mapping[str, Any]) -> nn.Module:
         """The (randomly initialised) ``net`` this recipe builds from a checkpoint's ``hyper_parameters``: the
         autoguidance guide of ``callbacks.AutoGuidance``. Keys the constructor does not take (``_class_path``, ...)
-        and ``weight_loading_args`` are dropped; a recipe whose constructor builds costly frozen modules overrides it."""
+        and ``weight_loading_args`` are dropped; a recipe whose constructor builds costly frozen modules overrides
+        it."""
         accepted = inspect.signature(cls.__init__).parameters
         kwargs = {k: v for k, v in hparams.items() if k in accepted and k not in cls.weight_loading_args}
         return cls(**kwargs).net

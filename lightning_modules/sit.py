@@ -59,7 +59,8 @@ class SiT(DiffusionRecipe):
     ) -> None:
         super().__init__(optimizer, sharding, nonfinite, sampling)
         self.save_hyperparameters(ignore=["tokenizer"])
-        sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items() if v is not None}
+        sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items()
+                 if v is not None}
         self.net = DiT(dit_preset(model, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
                                   class_dropout_prob=class_dropout_prob, **sizes))
         self.tokenizer = tokenizer

@@ -104,7 +104,8 @@ class SRDiT(DiffusionRecipe):
     ) -> None:
         super().__init__(optimizer, sharding, nonfinite, sampling)
         self.save_hyperparameters(ignore=["tokenizer", "target_encoder"])
-        sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items() if v is not None}
+        sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items()
+                 if v is not None}
         cfg = dit_preset(
             model, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
             class_dropout_prob=class_dropout_prob, norm="rmsnorm" if rmsnorm else "layernorm", rope=rope,
@@ -123,7 +124,8 @@ class SRDiT(DiffusionRecipe):
         self.latent_mode = latent_mode
         self.freeze()
         self.shift = dimension_shift(in_channels * input_size * input_size, shift_base) if time_shift else 1.0
-        self.loss_fn = SRDiTLoss(repa_weight=repa_weight, cls_weight=cls_weight, cfm_weight=cfm_weight, shift=self.shift)
+        self.loss_fn = SRDiTLoss(repa_weight=repa_weight, cls_weight=cls_weight, cfm_weight=cfm_weight,
+                                 shift=self.shift)
         if guidance_mode not in ("cfg", "path_drop"):
             raise ValueError(f"guidance_mode must be 'cfg' or 'path_drop', got {guidance_mode!r}")
         self.guidance_mode = guidance_mode

@@ -167,10 +167,12 @@ def state_dict_diff(expected: Mapping[str, Tensor], given: Mapping[str, Tensor],
     (the first four). A 0-dim tensor fits a one-element one (a scalar parameter saved either way)."""
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
+    def differs(k: str) -> bool:
+        a, b = given[k], expected[k]
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.shape != b.shape and not a.numel() == b.numel() == 1
+
     shapes = sorted(f"{k}: {names[0]} {tuple(given[k].shape)} vs {names[1]} {tuple(expected[k].shape)}"
-                    for k in set(expected) & set(given)
-                    if torch.is_tensor(given[k]) and torch.is_tensor(expected[k]) and given[k].shape != expected[k].shape
-                    and not given[k].numel() == expected[k].numel() == 1)
+                    for k in set(expected) & set(given) if differs(k))
     parts = [f"{name} ({len(items)}): {', '.join(items[:4])}{', ...' if len(items) > 4 else ''}"
              for name, items in (("missing keys", missing), ("unexpected keys", unexpected),
                                  ("shape mismatches", shapes)) if items]

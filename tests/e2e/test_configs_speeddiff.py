@@ -19,6 +19,13 @@ from tests.helpers import ROOT
 
 CONFIGS = ROOT / "configs" / "speeddiff"
 MAIN = [f"{size}_{res}" for size in ("b", "l", "xl") for res in (256, 512)]
+
+
+def main_config(name: str) -> list[Path]:
+    """The files of a Tab. 14 model: b_256.yaml, then the size and resolution add-ons ("xl_512" → 3 files)."""
+    size, res = name.split("_")
+    return [CONFIGS / "b_256.yaml", *([CONFIGS / f"size_{size}.yaml"] if size != "b" else []),
+            *([CONFIGS / "res_512.yaml"] if res == "512" else [])]
 # SpeedDiff Tab. 7 (M parameters at 256): ViT-VAE encoder, decoder, Refined-DiT
 TABLE_7 = {"b": (28.98, 28.95, 91.38), "l": (103.68, 103.65, 319.38), "xl": (218.63, 218.58, 672.23)}
 TABLE_14 = {"b": ("B", "Refined-DiT-B", "logit_normal", 12, 12), "l": ("L", "Refined-DiT-L", "uniform", 24, 16),
@@ -53,12 +60,14 @@ def build_on_meta(config: Any) -> Any:
 def base_of(path: Path) -> list[Path]:
     """The config files to parse for ``path``: add-ons go on top of their base."""
     rel = str(path.relative_to(CONFIGS))
-    if path.stem.startswith("bad_model_"):
-        return [CONFIGS / f"{path.stem.removeprefix('bad_model_')}.yaml", path]
-    if rel in ("repa_pp.yaml", "autoguidance/autoguidance.yaml") or rel.startswith("ablations/"):
-        return [CONFIGS / "xl_256.yaml", path]
-    if rel == "autoguidance/tiny_cpu_autoguidance.yaml":
+    if rel == "bad_model_tiny_cpu.yaml" or rel == "autoguidance/tiny_cpu_autoguidance.yaml":
         return [CONFIGS / "tiny_cpu.yaml", path]
+    if path.stem.startswith("bad_model_"):
+        return [*main_config(f"{path.stem.removeprefix('bad_model_')}_256"), path]
+    if rel in ("repa_pp.yaml", "autoguidance/autoguidance.yaml") or rel.startswith("ablations/"):
+        return [*main_config("xl_256"), path]
+    if path.stem.startswith(("size_", "res_")):
+        return [CONFIGS / "b_256.yaml", path]
     return [path]
 
 
@@ -72,7 +81,7 @@ def test_every_speeddiff_config_parses(path: Path):
 def test_paper_configs_match_table_14(name: str):
     size, res = name.split("_")
     vae, model, time_sampler, depth, heads = TABLE_14[size]
-    config = parse(CONFIGS / f"{name}.yaml")
+    config = parse(*main_config(name))
     t, hp = config.trainer, config.model.init_args
     assert t.devices * t.num_nodes * config.data.init_args.batch_size == 256 and t.max_steps == 1_000_000
     assert t.precision == "bf16-mixed" and config.data.init_args.random_flip is True
@@ -85,6 +94,7 @@ def test_paper_configs_match_table_14(name: str):
     assert (hp.sampling.sampler.class_path, hp.sampling.num_steps) == (
         "speedrun_diffusion.lightning_modules.diffusion.EulerMaruyama", 250)
     assert _callback(config, "EMA").decay == 0.9999
+    assert _callback(config, "Evaluation").reference == f"data/VIRTUAL_imagenet{res}_labeled.npz"  # follows the add-on
     warmup = _callback(config, "GANWarmup")
     assert (warmup.lpips_start, warmup.disc_start, warmup.adversarial_start) == (0, 0, 0)  # GAN from step 0
     module = build_on_meta(config)
@@ -99,25 +109,27 @@ def test_paper_configs_match_table_14(name: str):
 
 @pytest.mark.parametrize("name", MAIN)
 def test_bad_model_has_half_the_blocks_and_heads_and_reads_the_main_vae(name: str):
-    main = parse(CONFIGS / f"{name}.yaml").model.init_args
-    config = parse(CONFIGS / f"{name}.yaml", CONFIGS / f"bad_model_{name}.yaml")
+    size, res = name.split("_")
+    main = parse(*main_config(name))
+    config = parse(*main_config(name), CONFIGS / f"bad_model_{size}.yaml")
     hp = config.model.init_args
-    depth, heads = TABLE_14[name.split("_")[0]][3:]
+    depth, heads = TABLE_14[size][3:]
     assert (hp.depth, hp.num_heads, hp.hidden_size) == (depth // 2, heads // 2, 64 * (heads // 2))
-    assert hp.frozen_vae == f"runs/speeddiff_{name}/checkpoints/last.ckpt" and hp.model == main.model
+    assert main.trainer.default_root_dir == f"runs/speeddiff_{size.upper()}_{res}"
+    assert hp.frozen_vae == f"{main.trainer.default_root_dir}/checkpoints/last.ckpt" and hp.model == main.model.init_args.model
     assert config.trainer.max_steps == 100_100  # 20 epochs at batch 256
-    assert config.trainer.default_root_dir != parse(CONFIGS / f"{name}.yaml").trainer.default_root_dir
+    assert config.trainer.default_root_dir == f"runs/speeddiff_bad_model_{size.upper()}_{res}"
 
 
 def test_add_ons_switch_repa_pp_and_the_table_10_baselines():
-    repa = parse(CONFIGS / "xl_256.yaml", CONFIGS / "repa_pp.yaml").model.init_args
+    repa = parse(*main_config("xl_256"), CONFIGS / "repa_pp.yaml").model.init_args
     assert (repa.repa_pp, repa.repa_depth, repa.repa_latent_weight, repa.repa_diffusion_weight) == (True, 8, 1.0, 1.0)
     module = build_on_meta(parse(CONFIGS / "b_256.yaml", CONFIGS / "repa_pp.yaml"))
     assert module.repa is not None and module.vfm.resolution == 224
     cnn = build_on_meta(parse(CONFIGS / "b_256.yaml", CONFIGS / "ablations" / "cnn_vae.yaml"))
     assert type(cnn.tokenizer).__name__ == "INVAE" and cnn.latent_shape == (32, 16, 16)
     assert count_parameters(cnn.tokenizer) / 1e6 == pytest.approx(70, rel=0.01)  # Tab. 10 "CNN-VAE 70"
-    dit = parse(CONFIGS / "xl_256.yaml", CONFIGS / "ablations" / "dit_xl1.yaml").model.init_args
+    dit = parse(*main_config("xl_256"), CONFIGS / "ablations" / "dit_xl1.yaml").model.init_args
     assert dit.model == "DiT-XL/1"
 
 
@@ -125,10 +137,11 @@ def test_add_ons_switch_repa_pp_and_the_table_10_baselines():
 @pytest.mark.parametrize("base", ["b_256", "xl_256"])
 def test_table_10_ablations_train_80_epochs(base: str, addons: list[str]):
     # Tab. 10 trains 80 epochs; Tab. 14 counts 1M steps at batch 256 as 200 epochs, so 80 epochs are 400K steps
-    base_config = parse(CONFIGS / f"{base}.yaml")
+    base_config = parse(*main_config(base))
     steps_per_epoch = base_config.trainer.max_steps // 200
-    config = parse(CONFIGS / f"{base}.yaml", *(CONFIGS / "ablations" / f"{a}.yaml" for a in addons))
+    config = parse(*main_config(base), *(CONFIGS / "ablations" / f"{a}.yaml" for a in addons))
     t = config.trainer
     assert t.devices * t.num_nodes * config.data.init_args.batch_size == 256
     assert t.max_steps == 80 * steps_per_epoch == 400_000
+    assert t.default_root_dir != base_config.trainer.default_root_dir  # never writes into the main run's folder
     assert config.model.init_args.optimizer.schedule == "constant"  # so the 1M-step main run at step 400K is Tab. 10's row

@@ -22,6 +22,7 @@ from speedrun_diffusion.lightning_modules.diffusion import (
     euler_maruyama_sample,
     euler_ode_sample,
     flow_time_grid,
+    heun_ode_sample,
     shift_time,
 )
 from tests.helpers.gaussian_toy import (
@@ -130,6 +131,20 @@ def _converges(run, steps: int, noise_steps, target=(MU, SIGMA), tol: float = 0.
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_euler_ode_exact_law(shift: float) -> None:
     _converges(lambda n, e, k: euler_ode_sample(flow_velocity, n, k, shift=shift), 100, lambda k: 0, tol=0.03)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_heun_exact_law_converges_at_second_order(shift: float) -> None:
+    """Heun's error falls as steps⁻² (about a quarter when the steps double) and, at the same number of model
+    calls (2·20 − 1 against 40), is less than half of Euler's."""
+    def error(sample, steps: int) -> float:
+        mean_err, cov_err = max_errors(*linear_law(lambda n, e: sample(flow_velocity, n, steps, shift=shift), 0))
+        assert mean_err < 1e-6  # the mean is transported exactly
+        return cov_err
+
+    coarse, fine = error(heun_ode_sample, 20), error(heun_ode_sample, 40)
+    assert 0.15 <= fine / coarse <= 0.35, (coarse, fine)
+    assert coarse < 0.5 * error(euler_ode_sample, 40)
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])
