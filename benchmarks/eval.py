@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from speedrun_diffusion.callbacks.features import DINOv2Features, InceptionFeatures  # noqa: E402
 from speedrun_diffusion.callbacks.metrics import FID, KDD, InceptionScore, PrecisionRecall  # noqa: E402
-from tests.callbacks.metrics.eval_toy import tiny_dinov2, tiny_inception  # noqa: E402
+from tests.helpers.eval_toy import tiny_dinov2, tiny_inception  # noqa: E402
 
 
 def _timed(fn, repeats: int = 1) -> float:

@@ -61,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--sample", default="", help='sampler overrides, e.g. "num_steps=512, guidance=1.0"')
+    parser.add_argument("--sample", default="", help='sample() overrides, e.g. "num_steps=512, guidance_scale=2.0"')
     parser.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA shadow")
     parser.add_argument("--classifier", default=None, help="cache file (default runs/shape_classifier_<res>.pt)")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,7 @@
 """`EMA`: exponential moving average of the denoiser's weights, sharding-agnostic.
 
 θ_ema ← d·θ_ema + (1 − d)·θ after every ``update_every``-th optimizer step (d = 0.9999 in SiT /
-SR-DiT / SiD2, 0.9995 in RAE / SpeedDiff). With ``warmup`` the decay is min(d, (1 + n)/(10 + n))
+SR-DiT / SiD2 / SpeedDiff, 0.9995 in RAE). With ``warmup`` the decay is min(d, (1 + n)/(10 + n))
 for the n-th update, the usual warm-up that lets early averages forget the random initialisation.
 
 The shadow weights live in the callback, one tensor per parameter of ``pl_module.net`` (DESIGN

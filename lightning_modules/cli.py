@@ -12,7 +12,7 @@ recipes and user modules are all reachable from YAML. Unknown or mistyped keys a
 parser with the key's name.
 
 Resuming (``--ckpt_path``) loads with ``weights_only=True`` unless ``--weights_only false`` is given:
-a checkpoint can then hold only tensors and plain containers, never code (README "Fault tolerance").
+a checkpoint can then hold only tensors and plain containers, never code (docs/fault-tolerance.md).
 LightningCLI reads the model's hyper-parameters from the checkpoint and applies them; before that,
 a checkpoint written by another recipe than the configured ``model.class_path`` is refused with an
 error naming the file and both recipes (Lightning would otherwise switch the model class silently).

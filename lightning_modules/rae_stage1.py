@@ -74,7 +74,7 @@ def rae_tokenizer(
     encoder_overrides: Mapping[str, Any] | None = None,
     decoder_overrides: Mapping[str, Any] | None = None,
 ) -> RAE:
-    """The RAE (RAE Sec. 3): ``networks.rae.build_rae`` for the official encoders / decoders, or a custom
+    """The RAE (RAE Sec. 3): ``checkpoints.rae_stage1.build_rae`` for the official encoders / decoders, or a custom
     (random) one whose encoder / decoder config fields are replaced by ``encoder_overrides`` /
     ``decoder_overrides`` (tiny CPU configs: a small DINOv2-architecture encoder and decoder)."""
     if not encoder_overrides and not decoder_overrides:
@@ -228,7 +228,7 @@ class RAEStage1(GANRecipe):
         if self.device_mesh is not None:
             raise ValueError("RAEStage1 trains the decoder and the discriminator heads without sharding: use data "
                              "parallelism (trainer.strategy: ddp, configs/scale/ddp_8gpu.yaml), not "
-                             "ModelParallelStrategy / FSDP2 (fsdp_param_dtype is accepted only so add-ons compose)")
+                             "ModelParallelStrategy / FSDP2 (the sharding group is accepted only so add-ons compose)")
 
     # ---------------------------------------------------------------- losses
     def reconstruct(self, images: Tensor) -> Tensor:

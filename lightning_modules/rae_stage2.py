@@ -21,11 +21,9 @@ from speedrun_diffusion.lightning_modules.diffusion import (
     EulerMaruyama,
     EulerODE,
     RAETransport,
-    Sampler,
     SamplingConfig,
     rae_shift,
 )
-from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 from speedrun_diffusion.lightning_modules.losses.rae_transport import rae_transport_loss
 from speedrun_diffusion.lightning_modules.networks.ddt_head import DDTHeadConfig
 from speedrun_diffusion.lightning_modules.networks.dit import DiT, lightningdit_preset
@@ -93,7 +91,7 @@ class RAEStage2(DiffusionRecipe):
 
     Tokenizer (frozen, kept out of checkpoints — it is rebuilt from these arguments): ``tokenizer`` (a module)
     or ``stage1_checkpoint`` (a ``RAEStage1`` checkpoint; ``stage1_weights`` "ema" / "model") or, with
-    ``official_rae``, ``networks.rae.build_rae(rae_encoder, rae_decoder, encoder_input_size,
+    ``official_rae``, ``checkpoints.rae_stage1.build_rae(rae_encoder, rae_decoder, encoder_input_size,
     decoder_patch_size, pretrained_encoder, decoder_path)`` — the released decoder ``model.pt``;
     ``stats_path``: the latent ``{'mean', 'var'}`` file (official ``stat.pt`` or ``RAEStage1``'s
     ``stats_output``). Without any tokenizer the latents are used as they come and ``sample`` returns latents.
@@ -232,42 +230,29 @@ class RAEStage2(DiffusionRecipe):
         return {"loss": out.loss.mean()}
 
     # ---------------------------------------------------------------- sampling
-    @torch.no_grad()
-    def sample(
-        self,
-        labels: Tensor,
-        num_steps: int | None = None,
-        guidance_scale: float | None = None,
-        guidance_interval: tuple[float, float] | Literal["auto", "all"] | None = None,
-        sampler: Sampler | None = None,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        step_noise: Tensor | None = None,
-        return_latents: bool = False,
-    ) -> Tensor:
-        """Images in [−1, 1] decoded by the stage-1 decoder (``return_latents``: the normalised latents); arguments
-        left None keep the ``sampling`` group's. ``step_noise`` gives the Euler–Maruyama normals (official replay).
+    def noise_shape(self) -> tuple[int, int, int]:
+        return self.latent_shape
+
+    def generate(self, labels: Tensor, noise: Tensor, options: SamplingConfig, generator: torch.Generator | None,
+                 progress: bool, step_noise: Tensor | None = None, return_latents: bool = False) -> Tensor:
+        """The flow sampler on the guided velocity, decoded by the stage-1 decoder to images in [−1, 1]
+        (``return_latents``: the normalised latents). ``step_noise`` gives the Euler–Maruyama normals and, like
+        ``official_sampler``, replays the official Euler grids.
 
         With ``self.autoguide`` set (``callbacks.AutoGuidance``; RAE App. D: DiT^DH-S at an early epoch) the
         guide replaces CFG: v = v_guide + w·(v − v_guide) on the guide's t-interval, same labels."""
-        options = self.sampling_options(num_steps=num_steps, guidance_scale=guidance_scale,
-                                        guidance_interval=guidance_interval, sampler=sampler)
-        labels = self.labels(labels.to(self.device))
-        if noise is None:
-            noise = torch.randn((len(labels), *self.latent_shape), device=self.device, generator=generator)
-        velocity = self.flow_guidance(options.guidance_scale, options.guidance_interval).with_labels(labels)
-        with eval_mode(self.net):
-            if self.transport.official or step_noise is not None:  # the official grids / the given normals
-                if not isinstance(options.sampler, (EulerODE, EulerMaruyama)):
-                    raise ValueError("official_sampler / step_noise replay the official Euler samplers: choose "
-                                     f"EulerODE or EulerMaruyama, not {type(options.sampler).__name__}")
-                method = "ode" if isinstance(options.sampler, EulerODE) else "sde"
-                x0 = self.transport.sample(velocity, noise, options.num_steps, method, generator=generator,
-                                           step_noise=step_noise, progress=progress)
-            else:
-                x0 = options.sampler.sample(velocity, noise, options.num_steps, shift=self.shift, generator=generator,
-                                            progress=progress)
+        guided = self.flow_guidance(options.guidance_scale, options.guidance_interval)
+        velocity = guided.with_labels(self.labels(labels))
+        if self.transport.official or step_noise is not None:  # the official grids / the given normals
+            if not isinstance(options.sampler, (EulerODE, EulerMaruyama)):
+                raise ValueError("official_sampler / step_noise replay the official Euler samplers: choose EulerODE "
+                                 f"or EulerMaruyama, not {type(options.sampler).__name__}")
+            method = "ode" if isinstance(options.sampler, EulerODE) else "sde"
+            x0 = self.transport.sample(velocity, noise, options.num_steps, method, generator=generator,
+                                       step_noise=step_noise, progress=progress)
+        else:
+            x0 = options.sampler.sample(velocity, noise, options.num_steps, shift=self.shift, generator=generator,
+                                        progress=progress)
         if return_latents or self.tokenizer is None:
             return x0
         return self.decode(x0)

@@ -22,14 +22,15 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from speedrun_diffusion.lightning_modules.argument_groups import as_group, declared_default, plain
-from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, SamplingConfig
+from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, Sampler, SamplingConfig, State
+from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 from speedrun_diffusion.lightning_modules.fit_checks import check_checkpoint_matches, check_data_fits
 from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig, NonFiniteGuard, NonFiniteLossError
 from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig, adamw, scheduled
@@ -291,8 +292,52 @@ class DiffusionRecipe(L.LightningModule):
         return cls(**kwargs).net
 
     @torch.no_grad()
-    def sample(self, labels: Tensor, **kwargs: Any) -> Tensor:
-        """Images in [-1, 1], NCHW, for int64 ``labels`` (``num_classes`` = unconditional)."""
+    def sample(
+        self,
+        labels: Tensor,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | Literal["auto", "all"] | None = None,
+        sampler: Sampler | None = None,
+        noise: State | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        **extras: Any,
+    ) -> Tensor:
+        """Images in [-1, 1], NCHW, for int64 ``labels`` (``num_classes`` = unconditional), in eval mode.
+
+        The one sampling vocabulary of every recipe: ``num_steps``, ``guidance_scale``, ``guidance_interval`` (a
+        closed interval; "auto" the paper's, "all" every step) and ``sampler`` override the ``sampling`` group when
+        given (None keeps it); ``noise`` replaces the initial noise (``initial_noise``), ``generator`` drives every
+        draw, ``progress`` shows a bar. ``extras`` are the recipe's own options (the keyword arguments of its
+        ``generate``); with ``self.autoguide`` set, autoguidance replaces CFG."""
+        accepted = set(inspect.signature(self.generate).parameters) - {"labels", "noise", "options", "generator",
+                                                                         "progress"}
+        unknown = sorted(set(extras) - accepted)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.sample() got unexpected argument(s) {unknown}; it takes labels, "
+                            "num_steps, guidance_scale, guidance_interval, sampler, noise, generator, progress"
+                            + (f" and {sorted(accepted)}" if accepted else ""))
+        options = self.sampling_options(num_steps=num_steps, guidance_scale=guidance_scale,
+                                        guidance_interval=guidance_interval, sampler=sampler)
+        labels = labels.to(self.device)
+        if noise is None:
+            noise = self.initial_noise(len(labels), generator)
+        with eval_mode(self.net):
+            return self.generate(labels, noise, options, generator, progress, **extras)
+
+    def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> State:
+        """The starting point of sampling: a standard normal of shape (batch, *``noise_shape()``)."""
+        return torch.randn((batch, *self.noise_shape()), device=self.device, generator=generator)
+
+    def noise_shape(self) -> tuple[int, ...]:
+        """Shape of one sample in diffusion space (the denoiser's input)."""
+        raise NotImplementedError
+
+    def generate(self, labels: Tensor, noise: State, options: SamplingConfig, generator: torch.Generator | None,
+                 progress: bool) -> Tensor:
+        """The recipe's sampling with resolved ``options``, from ``noise`` to images in [-1, 1] (``sample`` calls it
+        with the network in eval mode)."""
         raise NotImplementedError
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

@@ -28,9 +28,8 @@ from torch import Tensor
 
 from speedrun_diffusion.lightning_modules.diffusion.guidance import GuidedDenoiser
 from speedrun_diffusion.lightning_modules.diffusion.loss_weighting import sid2_loss_bias, time_shifted_bias
-from speedrun_diffusion.lightning_modules.diffusion.sampling import DDPM, Sampler, SamplingConfig
+from speedrun_diffusion.lightning_modules.diffusion.sampling import DDPM, SamplingConfig
 from speedrun_diffusion.lightning_modules.diffusion.vp import LogSNRSchedule, ScheduleKind, alpha_sigma, x_from_v
-from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 from speedrun_diffusion.lightning_modules.losses.sigmoid_loss import Weighting, vp_diffusion_loss
 from speedrun_diffusion.lightning_modules.networks.uvit import PresetName, UViT, UViTConfig, uvit_preset
 from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig
@@ -178,45 +177,29 @@ class SiD2(DiffusionRecipe):
         v = (self.net if net is None else net)(z, logsnr, y)
         return x_from_v(z.float(), v.float(), alpha, sigma)
 
-    @torch.no_grad()
-    def sample(
-        self,
-        labels: Tensor,
-        num_steps: int | None = None,
-        guidance_scale: float | None = None,
-        guidance_interval: tuple[float, float] | Literal["auto", "all"] | None = None,
-        sampler: Sampler | None = None,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        """Class-conditional images in [-1, 1] (static clipping): DDPM ancestral sampling (SiD2 eq. 3) with interval
-        CFG; arguments left None keep the ``sampling`` group's ("all": guidance at every step).
+    def noise_shape(self) -> tuple[int, int, int]:
+        cfg = self.net.cfg
+        return (cfg.in_channels, cfg.resolution, cfg.resolution)
+
+    def generate(self, labels: Tensor, noise: Tensor, options: SamplingConfig, generator: torch.Generator | None,
+                 progress: bool) -> Tensor:
+        """DDPM ancestral sampling (SiD2 eq. 3) with interval CFG on x̂; returns the last x̂, in [−clip_x, clip_x]
+        (static clipping; unclipped if the DDPM's clip_x is None).
 
         With ``self.autoguide`` set (``callbacks.AutoGuidance``; SiD2 App. A.3 discusses but does not use it) the
         guide's x̂ replaces the unconditional one, D_guide + w·(D − D_guide) with the guide's w and its log-SNR
-        interval; the CFG arguments are then ignored.
-        """
-        options = self.sampling_options(num_steps=num_steps, guidance_scale=guidance_scale,
-                                        guidance_interval=guidance_interval, sampler=sampler)
-        cfg = self.net.cfg
-        labels = labels.to(self.device)
-        if noise is None:
-            shape = (len(labels), cfg.in_channels, cfg.resolution, cfg.resolution)
-            noise = torch.randn(shape, device=self.device, generator=generator)
+        interval; the CFG arguments are then ignored."""
         ag = self.autoguide
         if ag is not None:  # the guide's v → x̂ exactly as the main net's, so both are the same parameterisation
             denoiser = GuidedDenoiser(self.x_prediction, scale=ag.scale, interval=ag.interval, interval_on="logsnr",
                                       schedule=self.sample_schedule,
                                       guide_fn=lambda z, t, y: self.x_prediction(z, t, y, net=ag.net))
         else:
-            denoiser = GuidedDenoiser(self.x_prediction, scale=options.guidance_scale, null_label=cfg.num_classes,
+            denoiser = GuidedDenoiser(self.x_prediction, scale=options.guidance_scale, null_label=self.num_classes,
                                       interval=options.guidance_interval, interval_on="logsnr",
                                       schedule=self.sample_schedule)
-        with eval_mode(self.net):
-            # in [−clip_x, clip_x]: the sampler's last x̂ is clipped (unclipped if the DDPM's clip_x is None)
-            return options.sampler.sample(denoiser.with_labels(labels), noise, self.sample_schedule,
-                                          options.num_steps, generator=generator, progress=progress)
+        return options.sampler.sample(denoiser.with_labels(labels), noise, self.sample_schedule, options.num_steps,
+                                      generator=generator, progress=progress)
 
     # ---------------------------------------------------------------- fine-tuning (SiD2 Sec. 2.2)
     def load_net_weights(self, path: str | Path, use_ema: bool = True) -> None:

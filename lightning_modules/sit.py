@@ -13,14 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from speedrun_diffusion.lightning_modules.diffusion import (
-    EulerMaruyama,
-    Sampler,
-    SamplingConfig,
-    TimeSampler,
-    dimension_shift,
-)
-from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
+from speedrun_diffusion.lightning_modules.diffusion import EulerMaruyama, SamplingConfig, TimeSampler, dimension_shift
 from speedrun_diffusion.lightning_modules.losses import flow_matching_loss
 from speedrun_diffusion.lightning_modules.networks.dit import DiT, dit_preset
 from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig
@@ -77,32 +70,16 @@ class SiT(DiffusionRecipe):
         return {"loss": terms["velocity"], **terms}
 
     # ---------------------------------------------------------------- sampling
-    @torch.no_grad()
-    def sample(
-        self,
-        labels: Tensor,
-        num_steps: int | None = None,
-        guidance_scale: float | None = None,
-        guidance_interval: tuple[float, float] | Literal["auto"] | None = "auto",
-        sampler: Sampler | None = None,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        """Class-conditional images in [-1, 1] (SiT sampling: the ``sampling`` group's sampler + CFG); arguments left
-        None keep the ``sampling`` group's values ("auto": its interval).
-
-        With ``self.autoguide`` set (``callbacks.AutoGuidance``) the guide network replaces CFG (Karras et al.
-        2024); its interval is on the flow time t the network sees (t = 1 noise) and guidance_scale is ignored."""
-        options = self.sampling_options(num_steps=num_steps, guidance_scale=guidance_scale,
-                                        guidance_interval=guidance_interval, sampler=sampler)
+    def noise_shape(self) -> tuple[int, int, int]:
         cfg = self.net.cfg
-        labels = labels.to(self.device)
-        if noise is None:
-            shape = (len(labels), cfg.in_channels, cfg.input_size, cfg.input_size)
-            noise = torch.randn(shape, device=self.device, generator=generator)
+        return (cfg.in_channels, cfg.input_size, cfg.input_size)
+
+    def generate(self, labels: Tensor, noise: Tensor, options: SamplingConfig, generator: torch.Generator | None,
+                 progress: bool) -> Tensor:
+        """SiT sampling: the flow sampler on the CFG-guided velocity, decoded to images (pixels: clamped). With
+        ``self.autoguide`` set (``callbacks.AutoGuidance``) the guide network replaces CFG (Karras et al. 2024); its
+        interval is on the flow time t the network sees (t = 1 noise) and ``guidance_scale`` is ignored."""
         denoiser = self.flow_guidance(options.guidance_scale, options.guidance_interval)
-        with eval_mode(self.net):
-            x0 = options.sampler.sample(denoiser.with_labels(labels), noise, options.num_steps, shift=self.shift,
-                                        generator=generator, progress=progress)
+        x0 = options.sampler.sample(denoiser.with_labels(labels), noise, options.num_steps, shift=self.shift,
+                                    generator=generator, progress=progress)
         return self.decode(x0)

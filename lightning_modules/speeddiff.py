@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from speedrun_diffusion.lightning_modules.diffusion import EulerMaruyama, Sampler, SamplingConfig, TimeSampler
+from speedrun_diffusion.lightning_modules.diffusion import EulerMaruyama, SamplingConfig, TimeSampler
 from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 from speedrun_diffusion.lightning_modules.gan_recipe import GANRecipe
 from speedrun_diffusion.lightning_modules.losses.gan import LeCamRegularizer, select_gan_losses
@@ -311,34 +311,17 @@ class SpeedDiff(GANRecipe):
         self._reconstruction = None
 
     # ---------------------------------------------------------------- sampling
-    @torch.no_grad()
-    def sample(
-        self,
-        labels: Tensor,
-        num_steps: int | None = None,
-        guidance_scale: float | None = None,
-        guidance_interval: tuple[float, float] | Literal["auto", "all"] | None = None,
-        sampler: Sampler | None = None,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        return_latents: bool = False,
-    ) -> Tensor:
-        """Images in [−1, 1] (A.3): the ``sampling`` group's sampler on the latent, decoded by the VAE decoder;
-        arguments left None keep the configured ones.
+    def noise_shape(self) -> tuple[int, int, int]:
+        return self.latent_shape
 
-        Guidance: autoguidance when ``self.autoguide`` is set (A.3.1; same labels, interval on t), else CFG
-        with ``guidance_scale`` on ``guidance_interval``. The null label ``num_classes`` samples unconditionally
-        (A.3.2)."""
-        options = self.sampling_options(num_steps=num_steps, guidance_scale=guidance_scale,
-                                        guidance_interval=guidance_interval, sampler=sampler)
-        labels = labels.to(self.device)
-        if noise is None:
-            noise = torch.randn((len(labels), *self.latent_shape), device=self.device, generator=generator)
+    def generate(self, labels: Tensor, noise: Tensor, options: SamplingConfig, generator: torch.Generator | None,
+                 progress: bool, return_latents: bool = False) -> Tensor:
+        """A.3: the flow sampler on the latent, decoded by the VAE decoder to images in [−1, 1] (``return_latents``:
+        the latents). Guidance: autoguidance when ``self.autoguide`` is set (A.3.1; same labels, interval on t),
+        else CFG; the null label ``num_classes`` samples unconditionally (A.3.2)."""
         denoiser = self.flow_guidance(options.guidance_scale, options.guidance_interval)
-        with eval_mode(self.net):
-            z0 = options.sampler.sample(denoiser.with_labels(labels), noise, options.num_steps, generator=generator,
-                                        progress=progress)
+        z0 = options.sampler.sample(denoiser.with_labels(labels), noise, options.num_steps, generator=generator,
+                                    progress=progress)
         if return_latents:
             return z0
         with eval_mode(self.tokenizer):

@@ -27,11 +27,9 @@ from speedrun_diffusion.lightning_modules.checkpoints.srdit import load_invae_we
 from speedrun_diffusion.lightning_modules.diffusion import (
     EulerMaruyama,
     GuidedDenoiser,
-    Sampler,
     SamplingConfig,
     dimension_shift,
 )
-from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 from speedrun_diffusion.lightning_modules.latent_encoder import LatentMode, encode_latents
 from speedrun_diffusion.lightning_modules.losses.srdit_loss import SRDiTLoss
 from speedrun_diffusion.lightning_modules.networks.dit import dit_preset
@@ -201,37 +199,25 @@ class SRDiT(DiffusionRecipe):
         return self.loss_fn(self.net, x0, batch["label"], [zs], zs[:, 0], generator=generator, **extras)
 
     # ---------------------------------------------------------------- sampling
-    @torch.no_grad()
-    def sample(
-        self,
-        labels: Tensor,
-        num_steps: int | None = None,
-        guidance_scale: float | None = None,
-        guidance_interval: tuple[float, float] | Literal["auto", "all"] | None = None,
-        sampler: Sampler | None = None,
-        noise: tuple[Tensor, Tensor] | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-        guidance_mode: GuidanceMode | None = None,
-        cls_guidance_scale: float | None = None,
-    ) -> Tensor:
-        """Images in [−1, 1] (SR-DiT samplers.py: Euler–Maruyama on (latent, cls), optional CFG / PDG); arguments
-        left None keep the configured ones. ``noise`` is the pair (latent noise, cls-token noise).
+    def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The pair (latent noise, REG-token noise) the sampler integrates together (SR-DiT samplers.py)."""
+        cfg = self.net.cfg
+        return (torch.randn(batch, cfg.in_channels, cfg.input_size, cfg.input_size, device=self.device,
+                            generator=generator),
+                torch.randn(batch, cfg.cls_token_dim, device=self.device, generator=generator))
+
+    def generate(self, labels: Tensor, noise: tuple[Tensor, Tensor], options: SamplingConfig,
+                 generator: torch.Generator | None, progress: bool, guidance_mode: GuidanceMode | None = None,
+                 cls_guidance_scale: float | None = None) -> Tensor:
+        """SR-DiT samplers.py: the sampler on (latent, cls), optional CFG / path-drop guidance (``guidance_mode``,
+        ``cls_guidance_scale``: None keeps the recipe's), decoded to images in [−1, 1].
 
         With ``self.autoguide`` set (``callbacks.AutoGuidance``; not in the SR-DiT paper) the guide network — an
         SR-DiT net predicting (v, v_cls) too — replaces CFG / PDG with its scale on both outputs, on its interval
         of the shifted t the network sees; the guidance arguments are then ignored."""
-        options = self.sampling_options(num_steps=num_steps, guidance_scale=guidance_scale,
-                                        guidance_interval=guidance_interval, sampler=sampler)
         mode = self.guidance_mode if guidance_mode is None else guidance_mode
         cls_scale = self.cls_guidance_scale if cls_guidance_scale is None else cls_guidance_scale
-        cfg = self.net.cfg
-        labels = labels.to(self.device)
-        if noise is None:
-            shape = (len(labels), cfg.in_channels, cfg.input_size, cfg.input_size)
-            noise = (torch.randn(shape, device=self.device, generator=generator),
-                     torch.randn(len(labels), cfg.cls_token_dim, device=self.device, generator=generator))
-        null = cfg.num_classes
+        null = self.net.cfg.num_classes
         # official: the cls drift is guided with its own scale, conditional when that scale is <= 0
         scales, interval = (options.guidance_scale, cls_scale if cls_scale > 0 else 1.0), options.guidance_interval
         guide_fn = None
@@ -245,9 +231,8 @@ class SRDiT(DiffusionRecipe):
             guide_fn = lambda x, t, y: ag.net.velocity(x, t, y)  # noqa: E731
         denoiser = GuidedDenoiser(self.net.velocity, scales=scales, guide_fn=guide_fn, null_label=null,
                                   interval=interval)
-        with eval_mode(self.net):
-            x0, _ = options.sampler.sample(denoiser.with_labels(labels), noise, options.num_steps, shift=self.shift,
-                                           generator=generator, progress=progress)
+        x0, _ = options.sampler.sample(denoiser.with_labels(labels), noise, options.num_steps, shift=self.shift,
+                                       generator=generator, progress=progress)
         return self.decode(x0)
 
 

@@ -94,6 +94,31 @@ def flow_time_grid(
     return shift_time(t, shift)
 
 
+def _start(noise: State, grid: Tensor, state_dtype: torch.dtype) -> tuple[Tensor, tuple[torch.dtype, ...],
+                                                                          tuple[Tensor, ...]]:
+    """(grid on the noise's device in ``state_dtype``, the model dtypes, the state in ``state_dtype``)."""
+    parts = state_parts(noise)
+    return (grid.to(device=parts[0].device, dtype=state_dtype), tuple(n.dtype for n in parts),
+            tuple(n.to(state_dtype) for n in parts))
+
+
+def _ode_sample(velocity_fn: Callable[[State, Tensor], State], noise: State, grid: Tensor, state_dtype: torch.dtype,
+                progress: bool, heun: bool) -> State:
+    """Euler steps along ``grid``, each followed by Heun's correction when ``heun`` (except into t = 0)."""
+    grid, dtypes, xs = _start(noise, grid, state_dtype)
+    desc = "heun ode" if heun else "euler ode"
+    for i in tqdm(range(grid.shape[0] - 1), disable=not progress, desc=desc, leave=False):
+        t_cur, t_next = grid[i], grid[i + 1]
+        vs = _call(velocity_fn, xs, t_cur, dtypes, noise)
+        euler = tuple(x + (t_next - t_cur) * v for x, v in zip(xs, vs))
+        if not heun or float(t_next) == 0.0:  # Heun's last step stays first order: v at t = 0 is not needed
+            xs = euler
+            continue
+        vs_next = _call(velocity_fn, euler, t_next, dtypes, noise)
+        xs = tuple(x + (t_next - t_cur) * 0.5 * (v + w) for x, v, w in zip(xs, vs, vs_next))
+    return pack_state([x.to(d) for x, d in zip(xs, dtypes)], noise)
+
+
 @torch.no_grad()
 def euler_ode_sample(
     velocity_fn: Callable[[State, Tensor], State],
@@ -109,57 +134,28 @@ def euler_ode_sample(
     with method 'euler', reference/rae_stage2 README "Samplers"):
         x_{k+1} = x_k + (t_{k+1} − t_k)·v(x_k, t_k).
 
-    The model sees t of shape (B,) in the dtype of the (first) noise tensor. Grid: ``flow_time_grid(num_steps + 1, 0.0, shift)`` (linspace(1, 0, num_steps + 1), shifted),
+    The model sees t of shape (B,) in the dtype of the (first) noise tensor. Grid:
+    ``flow_time_grid(num_steps + 1, 0.0, shift)`` (linspace(1, 0, num_steps + 1), shifted),
     i.e. num_steps model calls; ``timesteps`` (a decreasing 1-D tensor) overrides it, e.g. RAE's
     grid ending at shift(0.001): ``flow_time_grid(N, 0.001, s, dtype=torch.float32)`` (N − 1
     steps, no final denoising, as the official sampler).
     """
     grid = flow_time_grid(num_steps + 1, 0.0, shift) if timesteps is None else timesteps
-    first = state_parts(noise)[0]
-    grid = grid.to(device=first.device, dtype=state_dtype)
-    dtypes = tuple(n.dtype for n in state_parts(noise))
-    xs = tuple(n.to(state_dtype) for n in state_parts(noise))
-    for i in tqdm(range(grid.shape[0] - 1), disable=not progress, desc="euler ode", leave=False):
-        t_cur, t_next = grid[i], grid[i + 1]
-        vs = _call(velocity_fn, xs, t_cur, dtypes, noise)
-        xs = tuple(x + (t_next - t_cur) * v for x, v in zip(xs, vs))
-    return pack_state([x.to(d) for x, d in zip(xs, dtypes)], noise)
+    return _ode_sample(velocity_fn, noise, grid, state_dtype, progress, heun=False)
 
 
 @torch.no_grad()
-def heun_ode_sample(
-    velocity_fn: Callable[[State, Tensor], State],
-    noise: State,
-    num_steps: int,
-    shift: float = 1.0,
-    progress: bool = False,
-    *,
-    timesteps: Tensor | None = None,
-    state_dtype: torch.dtype = torch.float64,
-) -> State:
+def heun_ode_sample(velocity_fn: Callable[[State, Tensor], State], noise: State, num_steps: int, shift: float = 1.0,
+                    progress: bool = False, *, state_dtype: torch.dtype = torch.float64) -> State:
     """Heun's second-order integration of the probability-flow ODE (Karras et al. 2022, EDM Alg. 1 without churn),
-    on the same grid as ``euler_ode_sample``:
+    on the grid of ``euler_ode_sample``:
 
         x' = x_k + (t_{k+1} − t_k)·v(x_k, t_k),
         x_{k+1} = x_k + (t_{k+1} − t_k)·½·(v(x_k, t_k) + v(x', t_{k+1}))   (Euler, x_{k+1} = x', when t_{k+1} = 0).
 
     2·num_steps − 1 model calls; the error falls as num_steps⁻² where Euler's falls as num_steps⁻¹.
     """
-    grid = flow_time_grid(num_steps + 1, 0.0, shift) if timesteps is None else timesteps
-    first = state_parts(noise)[0]
-    grid = grid.to(device=first.device, dtype=state_dtype)
-    dtypes = tuple(n.dtype for n in state_parts(noise))
-    xs = tuple(n.to(state_dtype) for n in state_parts(noise))
-    for i in tqdm(range(grid.shape[0] - 1), disable=not progress, desc="heun ode", leave=False):
-        t_cur, t_next = grid[i], grid[i + 1]
-        vs = _call(velocity_fn, xs, t_cur, dtypes, noise)
-        euler = tuple(x + (t_next - t_cur) * v for x, v in zip(xs, vs))
-        if float(t_next) == 0.0:  # the velocity at t = 0 is not needed: the last step stays first order
-            xs = euler
-            continue
-        vs_next = _call(velocity_fn, euler, t_next, dtypes, noise)
-        xs = tuple(x + (t_next - t_cur) * 0.5 * (v + w) for x, v, w in zip(xs, vs, vs_next))
-    return pack_state([x.to(d) for x, d in zip(xs, dtypes)], noise)
+    return _ode_sample(velocity_fn, noise, flow_time_grid(num_steps + 1, 0.0, shift), state_dtype, progress, heun=True)
 
 
 def _em_drift(x: Tensor, v: Tensor, t: Tensor) -> Tensor:
@@ -215,12 +211,9 @@ def euler_maruyama_sample(
         grid = flow_time_grid(num_steps, t_last, shift, append_zero=True)
     else:
         grid = timesteps
-    first = state_parts(noise)[0]
-    grid = grid.to(device=first.device, dtype=state_dtype)
+    grid, dtypes, xs = _start(noise, grid, state_dtype)
     num_stochastic = grid.shape[0] - 2
     _check_steps(step_noise, num_stochastic)
-    dtypes = tuple(n.dtype for n in state_parts(noise))
-    xs = tuple(n.to(state_dtype) for n in state_parts(noise))
     steps = tqdm(range(num_stochastic + 1), disable=not progress, desc="euler-maruyama", leave=False)
     for i in steps:
         t_cur, t_next = grid[i], grid[i + 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +90,15 @@ def test_mistyped_key_is_rejected_by_name(capsys):
     with pytest.raises(SystemExit):
         build_cli(["fit", "--config", TINY, "--model.init_args.dept", "3"], run=False)
     assert "dept" in capsys.readouterr().err
+
+
+def test_a_shipped_config_is_found_by_name_and_an_unknown_one_lists_them(tmp_path, monkeypatch):
+    from speedrun_diffusion.lightning_modules.cli import resolve_config
+
+    monkeypatch.chdir(tmp_path)  # away from the repository's configs/ folder
+    shipped = Path(resolve_config("sid2/tiny_cpu"))
+    assert shipped.read_text() == (ROOT / "configs" / "sid2" / "tiny_cpu.yaml").read_text()
+    assert resolve_config("configs/sit/tiny_cpu.yaml") == resolve_config("sit/tiny_cpu.yaml")
+    with pytest.raises(FileNotFoundError, match=r"'sid2/tiny' is neither a file nor a shipped config; shipped: .*sid2/"
+                                                 r"tiny_cpu"):
+        resolve_config("sid2/tiny")

@@ -70,3 +70,20 @@ def test_the_command_line_reaches_one_field_and_keeps_the_rest(monkeypatch):
         cli.model.sampling_options()
     assert cli.model.optimizer_config.lr == 5e-4 and cli.model.optimizer_config.betas == (0.9, 0.99)
     assert isinstance(cli.model.sampling.sampler, EulerODE) and cli.model.sampling.num_steps == 128
+
+
+def test_sample_speaks_one_vocabulary_and_names_what_it_does_not_take():
+    module = SiT(**SIT, sampling={"num_steps": 2})
+    with pytest.raises(TypeError, match=r"SiT.sample\(\) got unexpected argument\(s\) \['cfg_scale'\]; it takes labels, "
+                                        r"num_steps, guidance_scale"):
+        module.sample(torch.tensor([0]), cfg_scale=1.5)
+    sid2 = SiD2(**SID2, sampling={"num_steps": 2})
+    with pytest.raises(TypeError, match=r"\['gamma'\]"):  # DDPM's γ is a field of the sampler object
+        sid2.sample(torch.tensor([0]), gamma=0.5)
+    labels, noise = torch.tensor([0, 1]), torch.randn(2, 3, 16, 16)
+    # the same names everywhere: an explicit override equals the same value configured
+    configured = SiD2(**SID2, sampling={"num_steps": 3, "guidance_scale": 3.0, "sampler": DDPM(gamma=0.5)})
+    configured.load_state_dict(sid2.state_dict())
+    torch.testing.assert_close(sid2.sample(labels, num_steps=3, guidance_scale=3.0, sampler=DDPM(gamma=0.5),
+                                           noise=noise, generator=torch.Generator().manual_seed(0)),
+                               configured.sample(labels, noise=noise, generator=torch.Generator().manual_seed(0)))
