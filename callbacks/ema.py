@@ -51,6 +51,8 @@ class EMA(L.Callback):
         start_step: first optimizer step that updates; before it the shadow copies the weights.
         swap_for_eval: evaluate validation / test / predict with the EMA weights.
         export_path: if set, write the EMA weights (safetensors) there at the end of fit.
+        bundle_path: if set, write a ready-to-sample bundle of the recipe with the EMA weights there at the end of
+            fit (``serving.save_pretrained``: recipe.json + weights.safetensors; ``load_pretrained`` reads it).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class EMA(L.Callback):
         start_step: int = 0,
         swap_for_eval: bool = True,
         export_path: str | None = None,
+        bundle_path: str | None = None,
     ) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must lie in [0, 1], got {decay}")
@@ -72,6 +75,7 @@ class EMA(L.Callback):
         self.start_step = start_step
         self.swap_for_eval = swap_for_eval
         self.export_path = export_path
+        self.bundle_path = bundle_path
         self.num_updates = 0
         self._shadow: dict[str, Tensor] | None = None  # name -> local shard (or whole tensor)
         self._pending: dict[str, Any] | None = None  # a loaded state waiting for the (sharded) model
@@ -236,6 +240,17 @@ class EMA(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.export_path:
             self.export_safetensors(pl_module, self.export_path)
+        if self.bundle_path:
+            from speedrun_diffusion.lightning_modules.serving import save_pretrained
+
+            before = (pl_module.uses_ema, pl_module.trained_steps)
+            with self.swapped(pl_module):
+                pl_module.uses_ema, pl_module.trained_steps = True, trainer.global_step
+                try:
+                    if trainer.is_global_zero:
+                        save_pretrained(pl_module, self.bundle_path)
+                finally:
+                    pl_module.uses_ema, pl_module.trained_steps = before
 
 
 def _full(t: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""`LogSamples`: a grid of class-conditional samples in TensorBoard every N training steps.
+"""`LogSamples`: a grid of class-conditional samples every N training steps, to every logger that takes images
+(TensorBoard, Weights & Biases, MLflow, ...) and always as a PNG in the run folder.
 
 Labels and noise are fixed at construction (seeded), so successive grids show how the same
 samples evolve. The EMA weights are used when an `EMA` callback is present. Sampling goes through
@@ -13,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from speedrun_diffusion.callbacks.ema import EMA
@@ -26,6 +28,27 @@ def image_grid(images: Tensor, nrow: int) -> Tensor:
     return make_grid(((images.float() + 1) / 2).clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
 
 
+def log_grid(logger: Any, grid: Tensor, step: int, key: str = "samples") -> bool:
+    """Give a (C, H, W) grid in [0, 1] to a Lightning logger by its own image API: TensorBoard's ``add_image``,
+    ``log_image`` of Weights & Biases / Neptune / Comet, MLflow's ``log_image`` artifact. False if it takes none
+    (e.g. CSVLogger): the PNG in the run folder is then the record, said once in the log."""
+    experiment = getattr(logger, "experiment", None)
+    if hasattr(experiment, "add_image"):  # TensorBoard
+        experiment.add_image(key, grid, global_step=step)
+        return True
+    image = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
+    if type(logger).__name__ == "MLFlowLogger":
+        experiment.log_image(logger.run_id, image, f"{key}/step{step:07d}.png")
+        return True
+    if callable(getattr(logger, "log_image", None)):  # WandbLogger, NeptuneLogger, CometLogger
+        logger.log_image(key=key, images=[image], step=step)
+        return True
+    if not getattr(logger, "_speedrun_warned_images", False):
+        rank_zero_warn(f"{type(logger).__name__} takes no images: sample grids are written as PNG files only")
+        logger._speedrun_warned_images = True
+    return False
+
+
 class LogSamples(L.Callback):
     """Logs ``num_samples`` samples (labels cycle through the classes) every ``every_n_steps`` steps.
 
@@ -35,7 +58,7 @@ class LogSamples(L.Callback):
         nrow: images per grid row (default: one column per class up to 10).
         num_steps / sample_kwargs: forwarded to ``pl_module.sample`` (e.g. ``guidance_scale``).
         seed: seed of the fixed noise.
-        save_dir: optionally also write PNG grids there (``samples_step{N}.png``).
+        save_dir: where the PNG grids go (``samples_step{N}.png``); default ``<trainer.default_root_dir>/samples``.
     """
 
     def __init__(
@@ -84,14 +107,12 @@ class LogSamples(L.Callback):
         if trainer.global_rank != 0:
             return
         for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                experiment.add_image("samples", grid, global_step=step)
-        if self.save_dir:
-            from torchvision.utils import save_image
+            log_grid(logger, grid, step)
+        from torchvision.utils import save_image
 
-            Path(self.save_dir).mkdir(parents=True, exist_ok=True)
-            save_image(grid, Path(self.save_dir) / f"samples_step{step:07d}.png")
+        folder = Path(self.save_dir) if self.save_dir else Path(trainer.default_root_dir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_image(grid, folder / f"samples_step{step:07d}.png")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0:

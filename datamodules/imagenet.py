@@ -237,7 +237,7 @@ class ImageNetDataModule(ImageDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the recipe logs num_classes etc.; a larger model table must not clash
         check_loader_args(batch_size, num_workers)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")

@@ -178,7 +178,7 @@ class LatentDataModule(L.LightningDataModule):
         val_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the recipe logs num_classes etc.; a larger model table must not clash
         check_loader_args(batch_size, num_workers)
         self.manifest = read_manifest(root)  # a missing cache fails when the config is built, not at fit
         self.train_set: LatentDataset | None = None

@@ -253,7 +253,7 @@ class SyntheticDataModule(ImageDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the recipe logs num_classes etc.; a larger model table must not clash
         check_loader_args(batch_size, num_workers)
         if val_batch_size is not None:
             check_loader_args(val_batch_size, num_workers)

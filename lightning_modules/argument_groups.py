@@ -8,7 +8,8 @@ A recipe declares each group once, with its paper defaults as the default instan
 LightningCLI builds the dataclass from YAML (a key left out keeps the recipe's default). A mapping passed from
 Python or read back from a checkpoint's hyper-parameters replaces only the fields it names (:func:`as_group`).
 Hyper-parameters are stored as plain containers (:func:`plain`; a polymorphic field such as the sampler as
-``{class_path, init_args}``, as LightningCLI writes it), so checkpoints load with ``weights_only=True``.
+``{class_path, init_args}``, as LightningCLI writes it), so checkpoints load with ``weights_only=True``; a module
+argument (a tokenizer) is stored as the ``{class_path, init_args}`` that rebuilds it (:func:`module_architecture`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from collections.abc import Mapping
 from dataclasses import fields, is_dataclass, replace
 from typing import Any, TypeVar
 
-__all__ = ["as_group", "declared_default", "plain"]
+from torch import nn
+
+__all__ = ["as_group", "declared_default", "module_architecture", "plain"]
 
 G = TypeVar("G")
 
@@ -93,3 +96,20 @@ def plain(value: Any, top: bool = True) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(plain(v, top=False) for v in value)
     return value
+
+
+def module_architecture(module: nn.Module) -> dict[str, Any]:
+    """``{class_path, init_args}`` that rebuilds ``module`` with random weights: a module built from one config
+    dataclass (``Cls(cfg)``: INVAE, ViT-VAE, the RAE encoder / decoder) or from such modules and plain values
+    (``RAE``); LightningCLI's ``instantiate_module`` reads it back."""
+    cls = type(module)
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    cfg = getattr(module, "cfg", None)
+    if is_dataclass(cfg):
+        return {"class_path": path, "init_args": {"cfg": {f.name: plain(getattr(cfg, f.name), top=False)
+                                                          for f in fields(cfg)}}}
+    architecture = getattr(module, "architecture", None)
+    if callable(architecture):
+        return {"class_path": path, "init_args": {k: module_architecture(v) if isinstance(v, nn.Module) else v
+                                                  for k, v in architecture().items()}}
+    raise TypeError(f"{path} has neither a config dataclass `cfg` nor `architecture()`: pass it to load_pretrained")

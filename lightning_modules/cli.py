@@ -5,6 +5,7 @@
     speedrun-diffusion validate --config configs/sit/tiny_cpu.yaml --ckpt_path last
     speedrun-diffusion fit --config configs/sit/tiny_cpu.yaml --print_config
     speedrun-diffusion fit --config sit/tiny_cpu          # a config shipped in the wheel, found by name
+    speedrun-diffusion sample --ckpt_path runs/sit_tiny_cpu/checkpoints/last.ckpt --output_dir samples/sit
 
 ``parser_mode="omegaconf"`` lets configs interpolate (``num_classes: ${data.init_args.num_classes}``);
 ``model`` and ``data`` take any LightningModule / LightningDataModule by ``class_path``, so the
@@ -121,6 +122,12 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     import speedrun_diffusion.datamodules  # noqa: F401
     import speedrun_diffusion.lightning_modules  # noqa: F401
 
+    given = sys.argv[1:] if args is None else list(args)
+    replaced = sorted({a.split("=")[0] for a in given if a.split("=")[0] in ("--optimizer", "--lr_scheduler")})
+    if replaced:
+        raise SystemExit(f"speedrun-diffusion: error: {', '.join(replaced)} would replace the recipe's AdamW and "
+                         "schedule; set them in its optimizer group instead (--model.init_args.optimizer.lr 1e-3, "
+                         "...optimizer.schedule cosine; docs/configuration.md)")
     if args is None:  # the console script: LightningCLI reads sys.argv itself (and warns if args are given too)
         sys.argv[1:] = resolve_config_arguments(sys.argv[1:])
     else:
@@ -132,6 +139,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf+"},
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,  # the recipes configure AdamW + schedule from their optimizer group
         args=args,
         run=run,
     )
@@ -140,6 +148,11 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
 def main() -> None:
     """Console-script entry point (returns None so the exit status is 0 on success); a multi-process run's
     ranks leave their process group together (``process_group.py``: a gloo group can abort the exit otherwise)."""
+    if sys.argv[1:2] == ["sample"]:  # not a Lightning subcommand: images from a trained model (sample_command.py)
+        from speedrun_diffusion.lightning_modules.sample_command import main as sample_main
+
+        sample_main(sys.argv[2:])
+        return
     try:
         sys.argv[1:] = resolve_config_arguments(sys.argv[1:])
     except FileNotFoundError as error:

@@ -62,6 +62,7 @@ class GANRecipe(DiffusionRecipe):
                 self.manual_optimizer_step(optimizers[1], d["d_loss"] if finite else None, count=False)
                 schedulers[1].step()
                 self.log_dict({f"train/{k}": v.detach().float() for k, v in d.items()}, batch_size=batch_size)
+        self.log_learning_rates()
         self.end_of_step()
         return losses["loss"].detach()
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from speedrun_diffusion.lightning_modules.argument_groups import module_architecture
 from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import build_rae
 from speedrun_diffusion.lightning_modules.diffusion import (
     EulerMaruyama,
@@ -174,6 +175,19 @@ class RAEStage2(DiffusionRecipe):
         """Only the denoiser (the autoguidance guide): no tokenizer, no weight files."""
         accepted = inspect.signature(rae_denoiser).parameters
         return rae_denoiser(**{k: v for k, v in hparams.items() if k in accepted})
+
+    def bundle_hparams(self) -> dict[str, Any]:
+        """A bundle carries the tokenizer (architecture here, weights in the file) instead of the files it was
+        built from (stage-1 checkpoint, official decoder, statistics)."""
+        if self.tokenizer is None:
+            return {}
+        return {"tokenizer": module_architecture(self.tokenizer), "stage1_checkpoint": None, "official_rae": False,
+                "pretrained_encoder": None, "decoder_path": None, "stats_path": None}
+
+    def prepare_for_weights(self, weights: Mapping[str, Tensor]) -> None:
+        """The stored latent statistics become the tokenizer's before loading (a fresh RAE has none)."""
+        if self.tokenizer is not None and "tokenizer.latent_mean" in weights:
+            self.tokenizer.set_latent_stats(weights["tokenizer.latent_mean"], weights["tokenizer.latent_var"])
 
     @property
     def shift(self) -> float:

@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from speedrun_diffusion.lightning_modules.argument_groups import as_group, declared_default, plain
+from speedrun_diffusion.lightning_modules.argument_groups import as_group, declared_default, module_architecture, plain
 from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, Sampler, SamplingConfig, State
 from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 from speedrun_diffusion.lightning_modules.fit_checks import check_checkpoint_matches, check_data_fits
@@ -85,11 +85,22 @@ class DiffusionRecipe(L.LightningModule):
 
     def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None, logger: bool = True) -> None:
         """Lightning's, with each argument group stored whole (the recipe's defaults filled in) and as plain
-        containers, so a checkpoint rebuilds the same recipe and loads with ``weights_only=True``."""
-        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back, logger=logger)
+        containers, so a checkpoint rebuilds the same recipe and loads with ``weights_only=True``; an ignored
+        module argument that can be rebuilt from its architecture (a tokenizer) is stored as that architecture."""
+        frame = frame or inspect.currentframe().f_back
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
         groups = {"optimizer": self.optimizer_config, "sharding": self.sharding_config,
                   "nonfinite": self.nonfinite_guard.cfg, "sampling": self.sampling}
+        rebuilt = {}
+        for name in [ignore] if isinstance(ignore, str) else (ignore or []):
+            value = frame.f_locals.get(name)
+            if isinstance(value, nn.Module) and not isinstance(self._hparams.get(name), Mapping):
+                try:
+                    rebuilt[name] = module_architecture(value)
+                except TypeError:  # a module without a config (an injected LPIPS, targets): not rebuilt
+                    pass
         for store in (self._hparams, self._hparams_initial):
+            store.update(rebuilt)
             for key, value in list(store.items()):
                 store[key] = plain(groups[key] if key in groups else value)
 
@@ -161,7 +172,16 @@ class DiffusionRecipe(L.LightningModule):
             self._drop_gradients = True
             return losses["loss"] * 0.0
         self.log_losses(losses, "train", batch_size=len(batch["label"]))
+        self.log_learning_rates()
         return losses["loss"]
+
+    def log_learning_rates(self) -> None:
+        """``train/lr`` (and ``train/lr_discriminator``) every step, from the optimizers themselves: works with any
+        logger or none, unlike Lightning's LearningRateMonitor, which refuses a Trainer without a logger."""
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        for name, opt in zip(("train/lr", "train/lr_discriminator"), optimizers):
+            self.log(name, float(opt.param_groups[0]["lr"]), batch_size=1, prog_bar=False)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self._drop_gradients:
@@ -197,6 +217,15 @@ class DiffusionRecipe(L.LightningModule):
     def on_fit_start(self) -> None:
         check_data_fits(self, self._trainer.datamodule if self._trainer is not None else None)
 
+    def on_validation_start(self) -> None:
+        """``validate`` / ``test`` of a checkpoint log at the checkpoint's step, not at 0 (Lightning logs evaluation
+        metrics at the fit loop's step count, which only ``fit`` restores)."""
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn in ("validate", "test") and self.trained_steps:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = self.trained_steps
+
+    on_test_start = on_validation_start
+
     # ---------------------------------------------------------------- checkpoints
     @classmethod
     def recipe_name(cls) -> str:
@@ -216,6 +245,7 @@ class DiffusionRecipe(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         source = self._trainer.ckpt_path if self._trainer is not None else None
         check_checkpoint_matches(self, checkpoint, source)
+        self.trained_steps = int(checkpoint.get("global_step", 0))
         self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
         # applied when training starts: loaders and sanity checks between load and the first step draw nothing
         self._pending_rng = checkpoint.get("rng_states")
@@ -282,14 +312,24 @@ class DiffusionRecipe(L.LightningModule):
                               interval=guidance_interval)
 
     @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> DiffusionRecipe:
+        """This recipe (random weights) from stored hyper-parameters, for sampling: nested modules and argument
+        groups given as ``{class_path, init_args}`` / mappings are instantiated as LightningCLI does, keys the
+        constructor does not take (``_class_path``, ...) are dropped, and ``sampling_overrides`` switch off what
+        only training needs (weight files named by arguments, LPIPS, discriminators, REPA targets)."""
+        from lightning.pytorch.cli import instantiate_module
+
+        accepted = inspect.signature(cls.__init__).parameters
+        config = {k: v for k, v in hparams.items() if k in accepted}
+        config.update(cls.sampling_overrides(config))
+        return instantiate_module(cls, config)
+
+    @classmethod
     def net_from_hparams(cls, hparams: Mapping[str, Any]) -> nn.Module:
         """The (randomly initialised) ``net`` this recipe builds from a checkpoint's ``hyper_parameters``: the
-        autoguidance guide of ``callbacks.AutoGuidance``. Keys the constructor does not take (``_class_path``, ...)
-        and ``weight_loading_args`` are dropped; a recipe whose constructor builds costly frozen modules overrides
-        it."""
-        accepted = inspect.signature(cls.__init__).parameters
-        kwargs = {k: v for k, v in hparams.items() if k in accepted and k not in cls.weight_loading_args}
-        return cls(**kwargs).net
+        autoguidance guide of ``callbacks.AutoGuidance`` (``from_hparams``; a recipe whose frozen modules are costly
+        to build overrides it to build the denoiser alone)."""
+        return cls.from_hparams(hparams).net
 
     @torch.no_grad()
     def sample(
@@ -342,6 +382,25 @@ class DiffusionRecipe(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self.sample(batch["label"])
+
+    # ---------------------------------------------------------------- serving (serving.py)
+    uses_ema = False  # whether the network holds EMA weights (set by serving.load_pretrained)
+    trained_steps = 0  # the training step of the weights (set by serving.load_pretrained)
+
+    @classmethod
+    def sampling_overrides(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """Hyper-parameters that build this recipe for sampling only: the arguments that read weight files are
+        dropped (the weights come from the checkpoint); recipes with training-only modules switch them off."""
+        return {name: None for name in cls.weight_loading_args if name in hparams}
+
+    def bundle_hparams(self) -> dict[str, Any]:
+        """Hyper-parameters a bundle stores on top of the recipe's, so it rebuilds without files: the tokenizer's
+        architecture when the tokenizer is an argument (its weights go into the bundle)."""
+        takes_tokenizer = "tokenizer" in inspect.signature(type(self).__init__).parameters
+        return {"tokenizer": module_architecture(self.tokenizer)} if takes_tokenizer and self.tokenizer else {}
+
+    def prepare_for_weights(self, weights: Mapping[str, Tensor]) -> None:
+        """Make room for stored tensors a freshly built recipe does not have yet (RAE's latent statistics)."""
 
     # ---------------------------------------------------------------- optimisation
     def trainable_parameters(self) -> Iterable[nn.Parameter]:

@@ -121,6 +121,13 @@ class SpeedDiff(GANRecipe):
 
     weight_loading_args = ("frozen_vae",)
 
+    @classmethod
+    def sampling_overrides(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """Sampling needs the VAE and the denoiser only: no LPIPS, discriminator, REPA++ or frozen-VAE file (the
+        VAE's weights, trained or frozen, are in the checkpoint)."""
+        return {**super().sampling_overrides(hparams), "lpips": None, "discriminator": None, "vfm": None,
+                "lpips_weight": 0.0, "tpr_lpips_weight": 0.0, "gan_weight": 0.0, "repa_pp": False}
+
     def __init__(
         self,
         vae: str = "B",

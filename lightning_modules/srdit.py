@@ -17,7 +17,8 @@ and computes the DINOv2 targets from the stored image every step.
 """
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -59,6 +60,11 @@ class SRDiT(DiffusionRecipe):
     """
 
     weight_loading_args = ("tokenizer_weights",)
+
+    @classmethod
+    def sampling_overrides(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """Sampling needs no DINOv2 targets (REPA / REG are training terms)."""
+        return {**super().sampling_overrides(hparams), "target_encoder": None}
 
     def __init__(
         self,

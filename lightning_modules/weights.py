@@ -38,6 +38,7 @@ __all__ = [
     "qualified_class_name",
     "read_checkpoint",
     "read_state_dict",
+    "read_training_checkpoint",
     "recipe_of",
     "safe_torch_load",
     "state_dict_diff",
@@ -106,6 +107,29 @@ def read_checkpoint(path: str | os.PathLike[str], what: str = "checkpoint") -> d
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{what} {path} is not a Lightning checkpoint (a dict), but a {type(checkpoint).__name__}")
     return dict(checkpoint)
+
+
+def read_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A Lightning checkpoint from a file, or whole from a sharded (distributed) checkpoint folder as
+    ``ModelParallelStrategy`` writes it: the ``torch.distributed.checkpoint`` shards (model and optimizer states,
+    gathered on the CPU by torch's ``dcp_to_torch_save``) plus its ``meta.pt`` (everything else, read safely).
+    torch's reader unpickles the folder's ``.metadata``: read only folders you trust."""
+    path = Path(path)
+    if not path.is_dir():
+        return read_checkpoint(path)
+    if not (path / ".metadata").is_file():
+        raise FileNotFoundError(f"{path} is a folder but not a sharded checkpoint (no .metadata)")
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # beside the checkpoint: its disk holds it
+        whole = Path(tmp) / "whole.pt"
+        dcp_to_torch_save(path, whole)
+        checkpoint = dict(safe_torch_load(whole))
+    if (path / "meta.pt").is_file():
+        checkpoint.update(safe_torch_load(path / "meta.pt"))
+    return checkpoint
 
 
 def qualified_class_name(class_path: str) -> str:

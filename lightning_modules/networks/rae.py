@@ -96,6 +96,12 @@ class RAE(nn.Module):
         if latent_mean is not None:
             self.set_latent_stats(latent_mean, latent_var)
 
+    def architecture(self) -> dict:
+        """The constructor arguments that rebuild this RAE with random weights (statistics and weights are tensors
+        of its state dict): its encoder and decoder modules and the plain settings."""
+        return {"encoder": self.encoder, "decoder": self.decoder, "encoder_input_size": self.encoder_input_size,
+                "noise_tau": self.noise_tau, "eps": self.eps, "sigma_dist": self.sigma_dist}
+
     # ---- latent statistics ---------------------------------------------------------------------------
     @property
     def latent_shape(self) -> tuple[int, int, int]:

@@ -1,4 +1,4 @@
-"""Bad input (README "Fault tolerance"): every case gives one clear error naming the file or config key, raised
+"""Bad input (docs/fault-tolerance.md): every case gives one clear error naming the file or config key, raised
 where the input enters (datamodules for files and labels, the recipe for data/model and checkpoint mismatches)."""
 from __future__ import annotations
 
@@ -192,3 +192,9 @@ def test_checkpoint_of_another_size_names_the_file_and_keys(tmp_path):
         L.Trainer(**options).fit(sit(64), datamodule=data, ckpt_path=ckpt)
     message = str(info.value)
     assert str(ckpt) in message and "shape mismatches" in message and "(32" in message and "(64" in message
+
+
+def test_optimizer_and_lr_scheduler_flags_are_refused_with_the_group_to_use(capsys):
+    for flags in (["--optimizer=Adam"], ["--lr_scheduler", "StepLR"]):
+        with pytest.raises(SystemExit, match="would replace the recipe's AdamW and schedule.*optimizer.lr"):
+            build_cli(["fit", "--config", TINY, *flags], run=False)

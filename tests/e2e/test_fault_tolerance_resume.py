@@ -1,4 +1,4 @@
-"""Kill-and-resume (README "Fault tolerance"): the SiT tiny fit, SIGKILLed mid-epoch after a checkpoint and
+"""Kill-and-resume (docs/fault-tolerance.md): the SiT tiny fit, SIGKILLed mid-epoch after a checkpoint and
 resumed with `--ckpt_path last`, ends with exactly the weights, EMA and optimizer state of an uninterrupted run."""
 from __future__ import annotations
 

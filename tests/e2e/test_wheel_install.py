@@ -60,7 +60,9 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     env = tmp / "venv"
     venv.create(env, with_pip=True)
     purelib = next(env.glob("lib/python*/site-packages"))
-    (purelib / "test_environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    # the test environment's package folders (its own and any it reaches through .pth lines), not the repository
+    paths = [p for p in sys.path if p.endswith("site-packages")] or site.getsitepackages()
+    (purelib / "test_environment.pth").write_text("\n".join(paths) + "\n")
     _run([str(env / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
           str(wheel)], tmp)
     user = tmp / "user_project"

@@ -1,4 +1,4 @@
-"""Fault tolerance (README "Fault tolerance"): non-finite losses (skip or raise), atomic checkpoints, configs that
+"""Fault tolerance (docs/fault-tolerance.md): non-finite losses (skip or raise), atomic checkpoints, configs that
 save `last.ckpt` periodically, and training loaders that resume mid-epoch at the exact sample."""
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "lightning_modules": 6,  # the recipes (recipe.py and its pieces, one module per recipe) and the package face
     "callbacks": 7,
     "lightning_modules.cli": 8,
+    "lightning_modules.sample_command": 8,  # the `sample` subcommand: writes through callbacks' image protocol
 }
 
 

@@ -1,4 +1,4 @@
-"""Safe loading (README "Fault tolerance"): a checkpoint with a code payload is refused, unexecuted, by every
+"""Safe loading (docs/fault-tolerance.md): a checkpoint with a code payload is refused, unexecuted, by every
 loader of the library, by the CLI's resume and by Lightning's own resume; no loader in the code base unpickles
 arbitrary objects."""
 from __future__ import annotations

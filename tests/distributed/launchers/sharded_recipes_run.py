@@ -181,7 +181,7 @@ def gan_warmup(module: L.LightningModule) -> list[L.Callback]:
 
 def prepare_rae_stage2(work: Path) -> None:
     """RAE stage 2 trains on stage 1's outputs: a 2-step tiny stage-1 fit, then its latent cache and statistics
-    (README "The tiny chain"), written under ``work`` (the relative paths of the tiny configs)."""
+    (docs/recipes/rae.md), written under ``work`` (the relative paths of the tiny configs)."""
     configs = ROOT / "configs" / "rae"
     quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     small = ["--data.init_args.train_size=64", "--data.init_args.val_size=8"]

@@ -56,7 +56,7 @@ def test_time_shift_auto_uses_dimension():
 
 
 def test_drop_in_plain_trainer_with_callbacks(tmp_path: Path):
-    # the README "use a module in another Lightning project" snippet, verbatim in spirit
+    # the README "Use as a library" snippet, verbatim in spirit
     model = SiT(model="SiT-S/4", input_size=16, num_classes=4, depth=2, hidden_size=64, num_heads=2,
                 sampling=dict(num_steps=4), optimizer=dict(lr=1e-3))
     data = SyntheticDataModule(resolution=16, num_classes=4, train_size=64, val_size=16, batch_size=8)
