@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from speedrun_diffusion.datamodules.loaders import LabelRangeError
 from speedrun_diffusion.lightning_modules.argument_groups import as_group, declared_default, plain
 from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, Sampler, SamplingConfig, State
 from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
@@ -50,6 +51,20 @@ class AutoGuide(NamedTuple):
     net: nn.Module
     scale: float
     interval: tuple[float, float] | None = None
+
+
+def check_sample_labels(labels: Tensor, num_classes: int, recipe: str) -> None:
+    """Refuse labels ``sample()`` cannot embed — not integers, or outside [0, num_classes] (``num_classes`` is the
+    null label) — naming them, before they reach an embedding table (an IndexError deep in the network on CPU, a
+    device-side assert on CUDA)."""
+    if not torch.is_tensor(labels) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{recipe}.sample(): labels must be an integer tensor of class ids, got "
+                        f"{type(labels).__name__ if not torch.is_tensor(labels) else labels.dtype}")
+    flat = labels.detach().reshape(-1)
+    bad = flat[(flat < 0) | (flat > num_classes)]
+    if len(bad):
+        raise LabelRangeError(f"{recipe}.sample(): label(s) {sorted(set(bad.tolist()))[:5]} outside [0, {num_classes}] "
+                              f"(class ids 0..{num_classes - 1}; {num_classes} = unconditional)")
 
 
 class DiffusionRecipe(L.LightningModule):
@@ -320,6 +335,7 @@ class DiffusionRecipe(L.LightningModule):
                             + (f" and {sorted(accepted)}" if accepted else ""))
         options = self.sampling_options(num_steps=num_steps, guidance_scale=guidance_scale,
                                         guidance_interval=guidance_interval, sampler=sampler)
+        check_sample_labels(labels, self.num_classes, type(self).__name__)
         labels = labels.to(self.device)
         if noise is None:
             noise = self.initial_noise(len(labels), generator)
