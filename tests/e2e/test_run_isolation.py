@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from speedrun_diffusion.callbacks.checkpointing import AtomicCheckpointIO
 from speedrun_diffusion.lightning_modules.cli import build_cli
 from speedrun_diffusion.lightning_modules.weights import (
     CheckpointMismatchError,
@@ -47,7 +48,8 @@ def _load(path: Path) -> dict:
 
 
 def test_two_roots_share_no_file_and_last_resumes_the_runs_own_checkpoint(tmp_path):
-    fit("run_a", 3, "--model.init_args.optimizer.lr", "0.0011")
+    first = fit("run_a", 3, "--model.init_args.optimizer.lr", "0.0011")
+    assert type(first.trainer.strategy.checkpoint_io) is AtomicCheckpointIO  # streamed saves, on by default
     fit("run_b", 4, "--model.init_args.optimizer.lr", "0.0022")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run_a", "run_b"]  # nothing in runs/sit_tiny_cpu
     for run in ("run_a", "run_b"):
