@@ -224,7 +224,8 @@ class AtomicModelCheckpoint(ModelCheckpoint):
             raise FileExistsError(problem)
         # the folder is this run's: its last checkpoint is always last.ckpt, also when the checkpoint resumed from
         # did not restore this callback's state (another every_n_train_steps changes its state key)
-        self.last_model_path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+        if self.save_last and "{" not in self.CHECKPOINT_NAME_LAST:
+            self.last_model_path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning writes last.ckpt at the end only if nothing was saved before; the final weights matter too
