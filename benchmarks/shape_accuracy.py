@@ -12,7 +12,7 @@ real images is printed as the ceiling.
 from __future__ import annotations
 
 import argparse
-import importlib
+import pickle
 import sys
 from pathlib import Path
 
@@ -22,22 +22,40 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.tables import print_table  # noqa: E402
+from speedrun_diffusion.callbacks.checkpointing import atomic_torch_save  # noqa: E402
 from speedrun_diffusion.datamodules.shape_classifier import (  # noqa: E402
     ShapeClassifier, render_dataset, shape_accuracy, train_shape_classifier,
 )
 from speedrun_diffusion.datamodules.synthetic import SyntheticImages  # noqa: E402
-from speedrun_diffusion.lightning_modules.weights import network_weights, safe_torch_load  # noqa: E402
+from speedrun_diffusion.lightning_modules.weights import (  # noqa: E402
+    network_weights, read_checkpoint, safe_torch_load,
+)
+
+
+def known_recipes() -> dict[str, type]:
+    """The names a checkpoint may give its recipe → the recipe classes this benchmark samples: ``module.Class``
+    where defined, the package face (``speedrun_diffusion.lightning_modules.SiT``) and the names before the
+    ``speedrun_diffusion`` namespace. A checkpoint's name is only looked up here — never imported, never called
+    with the checkpoint's arguments."""
+    from speedrun_diffusion.lightning_modules import RAEStage2, SiD2, SiT, SpeedDiff, SRDiT
+
+    names = {}
+    for cls in (SiT, SiD2, SRDiT, RAEStage2, SpeedDiff):
+        for name in (cls.recipe_name(), f"speedrun_diffusion.lightning_modules.{cls.__name__}"):
+            names[name] = names[name.removeprefix("speedrun_diffusion.")] = cls
+    return names
 
 
 def load_recipe(path: str, use_ema: bool = True):
     """The recipe that wrote a Lightning checkpoint, with its weights (the EMA shadow for ``net`` if present)."""
-    checkpoint = safe_torch_load(path)
-    name = checkpoint.get("recipe")
-    if not name or not str(name).startswith("speedrun_diffusion.lightning_modules."):
-        raise ValueError(f"{path} names recipe {name!r}: not a checkpoint written by a speedrun-diffusion recipe")
-    module_name, class_name = name.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module_name), class_name)
-    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    checkpoint = read_checkpoint(path)
+    name = checkpoint.get("recipe") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    recipes = known_recipes()
+    if name not in recipes:
+        known = sorted({cls.recipe_name() for cls in recipes.values()})
+        raise ValueError(f"{path} names recipe {name!r}, not one this benchmark samples: {known}")
+    cls = recipes[name]
+    hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
     recipe = cls(**hparams)
     recipe.load_state_dict(checkpoint["state_dict"])
     weights, used_ema = network_weights(checkpoint, "net.", use_ema, source=path)  # raw weights if no EMA ran
@@ -46,14 +64,19 @@ def load_recipe(path: str, use_ema: bool = True):
 
 
 def classifier_for(resolution: int, cache: Path) -> ShapeClassifier:
-    """The cached classifier for ``resolution``, trained and saved on first use."""
+    """The cached classifier for ``resolution``, trained and saved on first use — and again when the cache cannot
+    be read (a save cut short by a kill, a foreign file): it is written atomically (a temporary file beside it,
+    then a rename), so a concurrent run reads the old cache or the new one, never half of one."""
     if cache.is_file():
         model = ShapeClassifier()
-        model.load_state_dict(safe_torch_load(cache))
-        return model.eval()
+        try:
+            model.load_state_dict(safe_torch_load(cache))
+            return model.eval()
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as error:
+            print(f"classifier cache {cache} is unreadable ({type(error).__name__}: {error}); rebuilding it",
+                  file=sys.stderr)
     model = train_shape_classifier(resolution)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), cache)
+    atomic_torch_save(model.state_dict(), cache)
     return model
 
 

@@ -14,22 +14,26 @@ Error policy:
 
 * A missing root, a root without class subdirectories, or a tree without any image file raises
   ``FileNotFoundError`` naming the path and the expected layout.
-* A file that cannot be decoded (corrupt, truncated, not an image) raises :class:`CorruptImageError`
-  (a ``ValueError``) naming the file, by default. With ``skip_corrupt=True`` the item is replaced by
-  the next readable item in index order (wrapping around; the replacement keeps its own label) and
-  every distinct unreadable file is recorded once in ``skipped_files`` and counted in
-  ``num_skipped``.
+* A file that cannot be decoded (corrupt, truncated, not an image, any error of PIL's decoders)
+  raises :class:`CorruptImageError` (a ``ValueError``) naming the file, by default. With
+  ``skip_corrupt=True`` the item is replaced by the next readable item in index order (wrapping
+  around; the replacement keeps its own label) and every distinct unreadable file is recorded once
+  in ``skipped_files``, counted in ``num_skipped`` and named in a warning of the log.
 * A file that decodes but cannot be a training image raises :class:`UnsupportedImageError` (a
   ``CorruptImageError``, so ``skip_corrupt`` skips and counts it too) naming the file: a pixel mode
-  without an 8-bit RGB meaning (16-bit, 32-bit integer or float: ``convert("RGB")`` would clip it)
-  or a side shorter than ``MIN_IMAGE_SIDE`` pixels. Every 8-bit mode (greyscale, palette, RGBA,
-  CMYK, YCbCr, ...) is converted to RGB and any larger size is resized by the ADM crop. Those records live in the process that read the file: with DataLoader workers,
-  each worker keeps its own count.
+  without an 8-bit RGB meaning (16-bit, 32-bit integer or float: ``convert("RGB")`` would clip it),
+  a side shorter than ``MIN_IMAGE_SIDE`` pixels, or a header claiming more pixels than PIL's
+  decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``). Every 8-bit mode (greyscale, palette, RGBA,
+  CMYK, YCbCr, ...) is converted to RGB and any larger size is resized by the ADM crop. Those
+  records live in the process that read the file: with DataLoader workers, each worker keeps its
+  own count.
 """
 from __future__ import annotations
 
 import copy
+import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +47,8 @@ from speedrun_diffusion.datamodules.loaders import check_loader_args, eval_loade
 from speedrun_diffusion.datamodules.pixels import uint8_to_model_range
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+
+log = logging.getLogger(__name__)
 
 
 class CorruptImageError(ValueError):
@@ -111,16 +117,27 @@ def _image_files(class_dir: Path) -> list[str]:
 
 
 def read_rgb(path: str) -> Image.Image:
-    """Fully decode ``path`` and convert it to RGB; CorruptImageError (or UnsupportedImageError) naming the file."""
+    """Fully decode ``path`` and convert it to RGB; CorruptImageError (or UnsupportedImageError) naming the file.
+
+    A header claiming more than ``Image.MAX_IMAGE_PIXELS`` pixels (a decompression bomb: a 1 KB PNG can claim
+    30000x30000) is refused before decoding — PIL warns below twice the limit and raises above it, naming no file —
+    and any other error PIL raises while decoding is a CorruptImageError: ``skip_corrupt`` skips them all."""
     try:
-        with Image.open(path) as image:
-            # decode now: Image.open is lazy and a truncated file only fails on load
-            image.load()
-            mode, size = image.mode, image.size
-            if mode in RGB_CONVERTIBLE_MODES and min(size) >= MIN_IMAGE_SIDE:
-                return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise CorruptImageError(f"cannot decode image file {path}: {error}") from error
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                # decode now: Image.open is lazy and a truncated file only fails on load
+                image.load()
+                mode, size = image.mode, image.size
+                if mode in RGB_CONVERTIBLE_MODES and min(size) >= MIN_IMAGE_SIDE:
+                    return image.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UnsupportedImageError(f"image file {path} claims more pixels than PIL's decompression-bomb limit "
+                                    f"(Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}): {error}") from error
+    except MemoryError as error:
+        raise UnsupportedImageError(f"image file {path} does not fit in memory when decoded") from error
+    except Exception as error:  # PIL's decoders raise OSError, SyntaxError, ValueError, EOFError, struct.error, ...
+        raise CorruptImageError(f"cannot decode image file {path}: {type(error).__name__}: {error}") from error
     if mode not in RGB_CONVERTIBLE_MODES:
         raise UnsupportedImageError(f"image file {path} has pixel mode {mode!r}, which has no 8-bit RGB meaning; "
                                     f"save it as 8-bit RGB (accepted modes: {sorted(RGB_CONVERTIBLE_MODES)})")
@@ -195,10 +212,13 @@ class ImageFolderImages(Dataset):
             path, label = self.samples[(index + offset) % count]
             try:
                 image = read_rgb(path)
-            except CorruptImageError:
+            except CorruptImageError as error:
                 if not self.skip_corrupt:
                     raise
-                self.skipped_files.add(path)
+                if path not in self.skipped_files:  # each file named once, with the running count
+                    self.skipped_files.add(path)
+                    log.warning("skip_corrupt: skipped an unreadable image (%d so far in this process): %s",
+                                self.num_skipped, error)
                 continue
             pixels = np.asarray(adm_center_crop(image, self.resolution))
             if flip is None:

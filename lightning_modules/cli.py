@@ -14,18 +14,25 @@ parser with the key's name.
 
 Resuming (``--ckpt_path``) loads with ``weights_only=True`` unless ``--weights_only false`` is given:
 a checkpoint can then hold only tensors and plain containers, never code (docs/fault-tolerance.md).
-LightningCLI reads the model's hyper-parameters from the checkpoint and applies them; before that,
-a checkpoint written by another recipe than the configured ``model.class_path`` is refused with an
-error naming the file and both recipes (Lightning would otherwise switch the model class silently).
+``--ckpt_path last`` means this run's own ``last.ckpt`` — the one in the ``dirpath`` of the config's
+checkpoint callback, which follows ``trainer.default_root_dir`` — and is an error when there is none.
+An explicit file and ``last`` are then treated alike: read safely (with the configured ``weights_only``),
+refused if another recipe than the configured ``model.class_path`` wrote it, and refused if the configured
+``model.init_args`` contradict the hyper-parameters stored in it, naming the keys (LightningCLI would
+otherwise replace the ``--model`` overrides with the checkpoint's silently).
 """
 from __future__ import annotations
 
+import importlib
 import importlib.resources
 import sys
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from speedrun_diffusion.lightning_modules.process_group import leave_process_group
@@ -38,7 +45,8 @@ from speedrun_diffusion.lightning_modules.weights import (
 
 
 class SpeedrunCLI(LightningCLI):
-    """LightningCLI whose checkpoint loading defaults to ``weights_only=True`` (safe loading)."""
+    """LightningCLI whose checkpoint loading defaults to ``weights_only=True`` (safe loading), whose ``--ckpt_path
+    last`` is the run's own ``last.ckpt``, and which refuses a checkpoint the config contradicts (module docstring)."""
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -49,22 +57,126 @@ class SpeedrunCLI(LightningCLI):
             if "weights_only" in arguments and arguments["weights_only"] is None:
                 arguments["weights_only"] = True
 
+    def before_fit(self) -> None:
+        """Refuse a fit into a checkpoint folder of another run before anything is written (the logger's folder,
+        config.yaml); ``AtomicModelCheckpoint`` checks again at fit start, for fits started from Python."""
+        from speedrun_diffusion.callbacks.checkpointing import AtomicModelCheckpoint
+
+        ckpt_path = self.config_init["fit"].get("ckpt_path")
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, AtomicModelCheckpoint):
+                problem = callback.folder_problem(ckpt_path)
+                if problem:
+                    raise FileExistsError(problem)
+
     def _parse_ckpt_path(self) -> None:
-        """Refuse a checkpoint of another recipe (naming the file), then let Lightning apply its hyper-parameters."""
+        """Resolve ``--ckpt_path last`` to this run's own checkpoint, then read the checkpoint (as the resume will:
+        same ``weights_only``) and refuse it if another recipe wrote it or if the configured model contradicts its
+        hyper-parameters. The config then builds the model: on every key both hold they agree, so LightningCLI's
+        replacement of the config by the checkpoint's hyper-parameters is not needed (and not done)."""
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            # mmap (zip format only): tensors stay on disk; a refused pickle raises naming the file
-            checkpoint = safe_torch_load(ckpt_path, mmap=zipfile.is_zipfile(ckpt_path) or None)
-            saved = recipe_of(checkpoint)
-            model = self.config[subcommand].get("model")
-            configured = model.get("class_path") if model is not None else None
-            if saved and configured and saved != qualified_class_name(configured):
+        if not subcommand:
+            return
+        section = self.config[subcommand]
+        ckpt_path = section.get("ckpt_path")
+        if ckpt_path == "last":
+            ckpt_path = str(own_last_checkpoint(section))
+            section["ckpt_path"] = ckpt_path  # Lightning's "last" would take the newest last*.ckpt of the folder
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return  # a sharded (directory) checkpoint, "best", "hpc": left to Lightning
+        weights_only = section.get("weights_only")
+        # mmap (zip format only): tensors stay on disk; a refused pickle or a damaged file raises naming the file
+        checkpoint = safe_torch_load(ckpt_path, weights_only=False if weights_only is False else None,
+                                     mmap=zipfile.is_zipfile(ckpt_path) or None)
+        if not isinstance(checkpoint, Mapping):
+            raise CheckpointMismatchError(f"checkpoint {ckpt_path} is not a Lightning checkpoint (a dict) but a "
+                                          f"{type(checkpoint).__name__}")
+        saved = recipe_of(checkpoint)
+        model = section.get("model")
+        configured = model.get("class_path") if model is not None else None
+        if saved and configured and saved != qualified_class_name(configured):
+            raise CheckpointMismatchError(
+                f"checkpoint {ckpt_path} was written by recipe {saved}, but the config trains "
+                f"{qualified_class_name(configured)} (model.class_path): pass a checkpoint of this recipe, or "
+                "the config of the recipe that wrote it")
+        init_args = model.get("init_args") if model is not None else None
+        if configured and init_args is not None:
+            given = init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args)
+            # how the run is laid out on devices never conflicts; evaluation runs may sample differently
+            ignored = {"sharding", *getattr(_import_class(configured), "weight_loading_args", ())}
+            if subcommand != "fit":
+                ignored.add("sampling")
+            conflicts = model_conflicts(checkpoint.get("hyper_parameters") or {}, given, ignored)
+            if conflicts:
                 raise CheckpointMismatchError(
-                    f"checkpoint {ckpt_path} was written by recipe {saved}, but the config trains "
-                    f"{qualified_class_name(configured)} (model.class_path): pass a checkpoint of this recipe, or "
-                    "the config of the recipe that wrote it")
-        super()._parse_ckpt_path()
+                    f"checkpoint {ckpt_path} was written with other model settings than configured: "
+                    + "; ".join(conflicts[:5]) + (f"; and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
+                    + ". Resume with the configuration that wrote it, or start a new run (another "
+                    "--trainer.default_root_dir) to change them")
+
+
+def _import_class(class_path: str) -> Any:
+    """The class ``class_path`` names (None if it cannot be imported: the parser reports that itself)."""
+    module, _, name = qualified_class_name(class_path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def own_last_checkpoint(section: Any) -> Path:
+    """The ``last.ckpt`` of this run: in the ``dirpath`` of the first ``ModelCheckpoint`` among the configured
+    ``trainer.callbacks`` that has one (the shipped configs: ``<trainer.default_root_dir>/checkpoints``).
+    FileNotFoundError naming it when the run has none yet; ValueError when no checkpoint callback names a folder."""
+    callbacks = section.get("trainer", {}).get("callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    for callback in callbacks:
+        cls = _import_class(str(callback.get("class_path", ""))) if hasattr(callback, "get") else None
+        init_args = callback.get("init_args") or {}
+        if isinstance(cls, type) and issubclass(cls, ModelCheckpoint) and init_args.get("dirpath"):
+            last = Path(init_args.get("dirpath")) / f"{cls.CHECKPOINT_NAME_LAST}{cls.FILE_EXTENSION}"
+            if not last.exists():
+                raise FileNotFoundError(
+                    f"--ckpt_path last: this run has no checkpoint {last} (trainer.default_root_dir "
+                    f"{section.get('trainer', {}).get('default_root_dir')}); start it without --ckpt_path, or pass "
+                    "a checkpoint file")
+            return last
+    raise ValueError("--ckpt_path last needs a ModelCheckpoint with a dirpath in trainer.callbacks (every shipped "
+                     "config has one, under trainer.default_root_dir); pass the checkpoint file instead")
+
+
+def _comparable(value: Any) -> Any:
+    """``value`` in one form for both sides of :func:`model_conflicts`: tuples as lists, ``class_path`` entries as
+    the class's defining module path (``EulerODE`` and ``...diffusion.samplers.EulerODE`` are one class)."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        out = {str(k): _comparable(v) for k, v in value.items()}
+        if isinstance(out.get("class_path"), str):
+            out["class_path"] = qualified_class_name(out["class_path"])
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    return value
+
+
+def model_conflicts(saved: Mapping[str, Any], configured: Mapping[str, Any], ignored: Any = (),
+                    prefix: str = "model.init_args.") -> list[str]:
+    """``"key: checkpoint A, config B"`` for every key (dotted, nested argument groups included) whose value in a
+    checkpoint's ``hyper_parameters`` differs from the configured ``model.init_args``. Keys only one side has are
+    not conflicts (an argument added or retired since, an output path kept out of the hyper-parameters); private
+    entries (``_class_path``) and ``ignored`` top-level keys are skipped."""
+    saved, configured = _comparable(saved), _comparable(configured)
+    conflicts = []
+    for key in sorted(set(saved) & set(configured)):
+        if key.startswith("_") or key in ignored:
+            continue
+        a, b = saved[key], configured[key]
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            conflicts += model_conflicts(a, b, (), f"{prefix}{key}.")
+        elif a != b:
+            conflicts.append(f"{prefix}{key}: checkpoint {a!r}, config {b!r}")
+    return conflicts
 
 
 def shipped_configs() -> list[str]:

@@ -8,7 +8,8 @@ Each training step is one update of the generator side, then — while ``gan_pha
 
 under manual optimisation, each with its own scheduler stepped with its own updates, gradient-norm clipping at
 ``optimizer.grad_clip`` (Lightning's ``gradient_clip_val`` is unavailable under manual optimisation) and the
-``nonfinite`` policy on both loss dicts. ``trainer.global_step`` counts generator steps only.
+``nonfinite`` policy on both loss dicts and both gradients; a skipped generator update skips the discriminator's.
+``trainer.global_step`` counts generator steps only.
 """
 from __future__ import annotations
 
@@ -52,30 +53,41 @@ class GANRecipe(DiffusionRecipe):
             self.discriminator.zero_grad(set_to_none=True)  # the generator step must not leave gradients in D
         losses = self.compute_losses(batch)
         finite = self.losses_are_finite(losses)
-        self.manual_optimizer_step(optimizers[0], losses["loss"] if finite else None, count=True)
+        stepped = self.manual_optimizer_step(optimizers[0], losses["loss"] if finite else None, count=True)
         schedulers[0].step()
         self.log_losses(losses, "train", batch_size=batch_size)
         if self.gan_phase.disc and self.discriminator is not None:
-            d = self.discriminator_losses(batch)
-            if d is not None:
-                finite = self.losses_are_finite(d)
+            # a skipped generator step skips the discriminator's: it would train on (and LeCam would average) the
+            # non-finite outputs; the no-gradient step keeps the two schedules in step
+            d = self.discriminator_losses(batch) if stepped else None
+            if d is not None or not stepped:
+                finite = d is not None and self.losses_are_finite(d)
                 self.manual_optimizer_step(optimizers[1], d["d_loss"] if finite else None, count=False)
                 schedulers[1].step()
+            if d is not None:
                 self.log_dict({f"train/{k}": v.detach().float() for k, v in d.items()}, batch_size=batch_size)
         self.log_learning_rates()
         self.end_of_step()
+        self.nonfinite_guard.end_step(self)  # after max_consecutive_skips skipped steps in a row: stop
         return losses["loss"].detach()
 
-    def manual_optimizer_step(self, optimizer: Any, loss: Tensor | None, count: bool = True) -> None:
-        """Backward, clip (``optimizer.grad_clip``) and step one optimizer under manual optimisation.
+    def manual_optimizer_step(self, optimizer: Any, loss: Tensor | None, count: bool = True) -> bool:
+        """Backward, check the gradients (``nonfinite`` policy), clip (``optimizer.grad_clip``) and step one
+        optimizer under manual optimisation; True if it stepped with (finite) gradients.
 
         ``loss=None`` steps without gradients (a skipped update: Adam leaves parameters without a gradient
-        untouched). ``count=False`` keeps the step out of ``trainer.global_step`` (a discriminator's update)."""
+        untouched), and so does a non-finite gradient norm. ``count=False`` keeps the step out of
+        ``trainer.global_step`` (a discriminator's update)."""
         optimizer.zero_grad(set_to_none=True)
+        stepped = loss is not None
         if loss is not None:
             self.manual_backward(loss)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            stepped = self.gradients_are_finite(params)
+            if not stepped:
+                optimizer.zero_grad(set_to_none=True)
             clip = self.optimizer_config.grad_clip
-            if clip is not None:
+            if clip is not None and stepped:
                 self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         if count:
             optimizer.step()
@@ -83,6 +95,7 @@ class GANRecipe(DiffusionRecipe):
             from lightning.pytorch.core.optimizer import do_nothing_closure
 
             self.trainer.strategy.optimizer_step(optimizer.optimizer, do_nothing_closure)
+        return stepped
 
     def configure_optimizers(self) -> tuple[list, list]:
         """AdamW on everything trained but the discriminator, and one on the discriminator; the ``optimizer``

@@ -3,7 +3,7 @@
 It holds what every recipe would otherwise repeat, each concern in its own module:
 
 * the four typed argument groups — ``optimizer`` (``optimization.py``: AdamW, warm-up, cosine / hold-linear),
-  ``sharding`` (``sharding.py``: FSDP2), ``nonfinite`` (``nonfinite.py``: skip or raise on a NaN loss) and
+  ``sharding`` (``sharding.py``: FSDP2), ``nonfinite`` (``nonfinite.py``: skip or raise on a NaN loss or gradient) and
   ``sampling`` (``diffusion/sampling.py``: sampler object, steps, guidance) — declared once per recipe with the
   paper's defaults and coerced by ``argument_groups.py``;
 * one TensorBoard scalar per loss term; fixed validation noise so validation curves are comparable;
@@ -28,11 +28,17 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from speedrun_diffusion.datamodules.loaders import LabelRangeError
 from speedrun_diffusion.lightning_modules.argument_groups import as_group, declared_default, module_architecture, plain
 from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, Sampler, SamplingConfig, State
 from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 from speedrun_diffusion.lightning_modules.fit_checks import check_checkpoint_matches, check_data_fits
-from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig, NonFiniteGuard, NonFiniteLossError
+from speedrun_diffusion.lightning_modules.nonfinite import (
+    NonFiniteConfig,
+    NonFiniteGuard,
+    NonFiniteLossError,
+    check_checkpoint_finite,
+)
 from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig, adamw, scheduled
 from speedrun_diffusion.lightning_modules.rng_state import capture_rng_states, decorrelate_rank_rng, restore_rng_states
 from speedrun_diffusion.lightning_modules.sharding import ShardingConfig, fully_shard_recipe
@@ -50,6 +56,20 @@ class AutoGuide(NamedTuple):
     net: nn.Module
     scale: float
     interval: tuple[float, float] | None = None
+
+
+def check_sample_labels(labels: Tensor, num_classes: int, recipe: str) -> None:
+    """Refuse labels ``sample()`` cannot embed — not integers, or outside [0, num_classes] (``num_classes`` is the
+    null label) — naming them, before they reach an embedding table (an IndexError deep in the network on CPU, a
+    device-side assert on CUDA)."""
+    if not torch.is_tensor(labels) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{recipe}.sample(): labels must be an integer tensor of class ids, got "
+                        f"{type(labels).__name__ if not torch.is_tensor(labels) else labels.dtype}")
+    flat = labels.detach().reshape(-1)
+    bad = flat[(flat < 0) | (flat > num_classes)]
+    if len(bad):
+        raise LabelRangeError(f"{recipe}.sample(): label(s) {sorted(set(bad.tolist()))[:5]} outside [0, {num_classes}] "
+                              f"(class ids 0..{num_classes - 1}; {num_classes} = unconditional)")
 
 
 class DiffusionRecipe(L.LightningModule):
@@ -184,11 +204,25 @@ class DiffusionRecipe(L.LightningModule):
             self.log(name, float(opt.param_groups[0]["lr"]), batch_size=1, prog_bar=False)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._drop_gradients:
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    p.grad = None  # AdamW leaves parameters (and their moments) without a gradient untouched
+        """Automatic optimisation: drop the gradients of a step skipped for its loss, else check the global gradient
+        norm (``nonfinite.py``; a NaN gradient of a finite loss would make every weight NaN) and drop them if it is
+        not finite; then close the step for the consecutive-skip count. The GAN recipes check in their own step."""
+        if not self.automatic_optimization:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        guard = self.nonfinite_guard
+        if self._drop_gradients or (not guard.step_skipped and not self.gradients_are_finite(params)):
+            for p in params:
+                p.grad = None  # AdamW leaves parameters (and their moments) without a gradient untouched
             self._drop_gradients = False
+        guard.end_step(self)
+
+    def gradients_are_finite(self, params: Iterable[nn.Parameter]) -> bool:
+        """The ``nonfinite`` policy on the global gradient norm of ``params`` (``nonfinite.py``): True to step."""
+        # under a GradScaler (fp16) an inf gradient is routine: the scaler skips that step and lowers its scale
+        if getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None) is not None:
+            return True
+        return self.nonfinite_guard.check_gradients(self, params)
 
     def _fixed_generator(self, batch_idx: int) -> torch.Generator:
         # the same noise and t for the same validation batch every epoch, so val curves are comparable
@@ -233,6 +267,8 @@ class DiffusionRecipe(L.LightningModule):
         return f"{cls.__module__}.{cls.__qualname__}"
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a NaN weight, optimizer moment, EMA shadow or GAN buffer is never saved: last.ckpt keeps the last good state
+        check_checkpoint_finite(checkpoint, self._trainer, type(self).__name__)
         checkpoint["recipe"] = self.recipe_name()
         checkpoint["nonfinite_steps"] = self.nonfinite_steps
         checkpoint["rng_states"] = capture_rng_states()
@@ -360,6 +396,7 @@ class DiffusionRecipe(L.LightningModule):
                             + (f" and {sorted(accepted)}" if accepted else ""))
         options = self.sampling_options(num_steps=num_steps, guidance_scale=guidance_scale,
                                         guidance_interval=guidance_interval, sampler=sampler)
+        check_sample_labels(labels, self.num_classes, type(self).__name__)
         labels = labels.to(self.device)
         if noise is None:
             noise = self.initial_noise(len(labels), generator)

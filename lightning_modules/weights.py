@@ -7,7 +7,8 @@ the same safe way and every mismatch is reported the same readable way:
 * :func:`safe_torch_load` — ``torch.load(weights_only=True)``: tensors, primitive types and plain containers only
   (DESIGN "Contracts"), so a file carrying a code payload (an object whose ``__reduce__`` calls ``os.system``) is
   refused before anything runs, as :class:`UnsafeCheckpointError` naming the file. Only an explicit
-  ``weights_only=False`` (a caller that trusts the file) loads arbitrary pickles.
+  ``weights_only=False`` (a caller that trusts the file) loads arbitrary pickles. An empty, truncated or foreign
+  file raises :class:`UnreadableCheckpointError` naming it (torch's own errors name no file).
 * :func:`read_state_dict` — a state dict from a ``.safetensors`` or torch file (unwrapping ``state_dict`` / ``model``).
 * :func:`read_checkpoint` — a Lightning checkpoint (a dict), :func:`recipe_of` — the recipe class that wrote it.
 * :func:`weights_under` — the tensors of one submodule (``net.``, ``tokenizer.``) with the prefix stripped.
@@ -22,6 +23,8 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import pickletools
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "CheckpointMismatchError",
+    "UnreadableCheckpointError",
     "UnsafeCheckpointError",
     "ema_weights",
     "load_exact",
@@ -50,6 +54,10 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A file needs arbitrary (possibly code-executing) unpickling; it was refused unread."""
 
 
+class UnreadableCheckpointError(ValueError):
+    """A weight / checkpoint file exists but is empty, truncated or not a torch file; the message names it."""
+
+
 class CheckpointMismatchError(ValueError):
     """Weights were written by another recipe or for another network; the message names the file."""
 
@@ -62,22 +70,40 @@ def safe_torch_load(
     mmap: bool | None = None,
 ) -> Any:
     """``torch.load(path, weights_only=True)`` (``allowed`` globals permitted; ``mmap`` maps tensors lazily);
-    FileNotFoundError or :class:`UnsafeCheckpointError` naming ``path``. ``weights_only=False`` must be asked
-    for explicitly."""
+    FileNotFoundError, :class:`UnsafeCheckpointError` or :class:`UnreadableCheckpointError` naming ``path``.
+    ``weights_only=False`` must be asked for explicitly."""
     if isinstance(path, (str, os.PathLike)) and not Path(path).is_file():
         raise FileNotFoundError(f"weight / checkpoint file {path} not found")
-    if weights_only is False:
-        return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     try:
+        if weights_only is False:
+            return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        refused = next((line.strip() for line in str(error).splitlines() if "Unsupported" in line or "GLOBAL" in line),
-                       str(error).splitlines()[0] if str(error) else type(error).__name__)
+        lines = [line.strip() for line in str(error).splitlines()]
+        refused = next((line for line in lines if "Unsupported" in line or "GLOBAL" in line), None)
+        operand = re.search(r"Unsupported operand (\d+)", str(error))
+        if refused is None or (operand and chr(int(operand.group(1))) not in pickletools.code2op):
+            # the weights-only unpickler also reports plain damage: a cut stream, bytes that are no pickle opcode
+            raise _unreadable(path, error) from error
         raise UnsafeCheckpointError(
             f"refused to load {path}: it holds pickled objects other than tensors and plain containers, which could "
             f"run code ({refused}). Load only files you trust with weights_only=False (CLI: --weights_only false)"
         ) from error
+    except (EOFError, RuntimeError, KeyError, ValueError, IndexError, UnicodeDecodeError) as error:
+        # torch reports an empty file as a bare EOFError and a cut zip as a miniz RuntimeError, naming no file
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: Any, error: BaseException) -> UnreadableCheckpointError:
+    """The one-line error of a file torch could not read: its path, size and torch's first line."""
+    try:
+        size = f"{os.path.getsize(path)} bytes"
+    except (OSError, TypeError):
+        size = "size unknown"
+    first = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else "no message"
+    what = "it is empty" if size == "0 bytes" else "truncated, corrupt or not written by torch.save?"
+    return UnreadableCheckpointError(f"cannot read {path} ({size}; {what}): {type(error).__name__}: {first}")
 
 
 def read_state_dict(path: str | os.PathLike[str], what: str = "weights",

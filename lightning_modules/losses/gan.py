@@ -138,14 +138,17 @@ class LeCamRegularizer(nn.Module):
 
     @torch.no_grad()
     def update(self, logits_real: Tensor, logits_fake: Tensor) -> None:
-        """α_R, α_F ← decay·α + (1 − decay)·batch mean of the logits."""
+        """α_R, α_F ← decay·α + (1 − decay)·batch mean of the logits — only when both means are finite (on every
+        rank: the means are averaged first): a NaN batch would stay in the anchors, and in every checkpoint, for good.
+        Decided on the device (no host sync)."""
         means = torch.stack([logits_real.detach().float().mean(), logits_fake.detach().float().mean()])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(means)
             means /= torch.distributed.get_world_size()
-        self.ema_real.lerp_(means[0], 1.0 - self.decay)
-        self.ema_fake.lerp_(means[1], 1.0 - self.decay)
-        self.num_updates += 1
+        finite = torch.isfinite(means).all()
+        self.ema_real.copy_(torch.where(finite, self.ema_real.lerp(means[0], 1.0 - self.decay), self.ema_real))
+        self.ema_fake.copy_(torch.where(finite, self.ema_fake.lerp(means[1], 1.0 - self.decay), self.ema_fake))
+        self.num_updates += finite.long()
 
     def anchors(self) -> tuple[Tensor, Tensor]:
         """(α_R, α_F), bias-corrected if ``zero_debias`` and at least one update happened."""

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import io
+import logging
+import struct
+import zlib
 from pathlib import Path
 
 import lightning
@@ -11,7 +14,7 @@ import torch
 from PIL import Image
 
 from speedrun_diffusion.datamodules import ImageFolderImages, ImageNetDataModule, adm_center_crop
-from speedrun_diffusion.datamodules.imagenet import CorruptImageError
+from speedrun_diffusion.datamodules.imagenet import CorruptImageError, UnsupportedImageError
 from speedrun_diffusion.datamodules.pixels import uint8_to_model_range
 from tests.unit.datamodules.test_synthetic import MeanColourClassifier, quiet_trainer_arguments
 
@@ -294,3 +297,51 @@ def test_datamodule_drives_lightning_fit_and_validate(tree: Path, tmp_path: Path
     results = lightning.Trainer(**quiet_trainer_arguments(tmp_path)).validate(model, datamodule=val_module)
     assert val_module.train_set is None and len(val_module.val_set) == 1
     assert "val_loss" in results[0]
+
+
+def decompression_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A valid ~100-byte PNG whose header claims ``width`` x ``height`` 1-bit pixels: decoding it would allocate
+    hundreds of MB (PIL refuses above 2x Image.MAX_IMAGE_PIXELS and only warns between 1x and 2x)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [30000, 10000])  # above 2x the limit: PIL raises; between 1x and 2x: PIL warns
+def test_a_decompression_bomb_is_an_unsupported_image_naming_the_file(tmp_path: Path, side: int) -> None:
+    bomb = tmp_path / "a" / "bomb.png"
+    bomb.parent.mkdir()
+    bomb.write_bytes(decompression_bomb(side, side))
+    with pytest.raises(UnsupportedImageError, match=rf"image file {bomb} claims more pixels than PIL's "
+                                                    r"decompression-bomb limit"):
+        ImageFolderImages(tmp_path, RESOLUTION)[0]
+
+
+def test_skip_corrupt_skips_bombs_and_any_pil_error_and_names_them_in_the_log(
+        corrupt_tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    (corrupt_tree / "n001_cat" / "a_bomb.png").write_bytes(decompression_bomb())
+    (corrupt_tree / "n002_dog" / "c_odd.png").write_bytes((corrupt_tree / "n001_cat" / "b.png").read_bytes())
+    real_load = Image.Image.load
+
+    def load(image):  # a decoder failing with an error outside OSError / ValueError (PIL plugins raise many kinds)
+        if Path(getattr(image, "filename", "")).name == "c_odd.png":
+            raise struct.error("unpack requires a buffer of 4 bytes")
+        return real_load(image)
+
+    monkeypatch.setattr(Image.Image, "load", load)
+    strict = ImageFolderImages(corrupt_tree, RESOLUTION)
+    odd = [Path(path).name for path, _ in strict.samples].index("c_odd.png")
+    with pytest.raises(CorruptImageError, match=r"cannot decode image file .*c_odd.png: error: unpack requires"):
+        strict[odd]
+    dataset = ImageFolderImages(corrupt_tree, RESOLUTION, skip_corrupt=True)
+    with caplog.at_level(logging.WARNING, logger="speedrun_diffusion.datamodules.imagenet"):
+        items = [dataset.load(index, flip=False) for index in range(len(dataset))]
+    assert len(items) == len(dataset) == 10
+    skipped = {"a_bomb.png", "a_truncated.jpg", "c_garbage.png", "c_odd.png"}
+    assert {Path(path).name for path in dataset.skipped_files} == skipped and dataset.num_skipped == 4
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 4 and all("skip_corrupt: skipped an unreadable image" in m for m in logged)
+    assert {name for name in skipped for m in logged if name in m} == skipped and "(4 so far" in logged[-1]

@@ -248,7 +248,7 @@ def test_tiny_chain_runs_end_to_end_through_the_cli(tmp_path, monkeypatch):
     cache["data"]["init_args"]["source"]["init_args"].update(train_size=64, val_size=8)
     build_cli(["predict", "-c", str(tmp_path / "s1.yaml"), "-c", str(_write(tmp_path / "cache.yaml", cache)),
                "--ckpt_path", str(ckpt1), "--return_predictions", "false", *quiet])
-    latents = tmp_path / "runs/rae_tiny_cpu/latents"
+    latents = tmp_path / "runs/rae_tiny_cpu/stage1/latents"  # cached in the stage-1 run's folder
     manifest = json.loads((latents / "manifest.json").read_text())
     assert manifest["latent_shape"] == [32, 8, 8] and manifest["num_samples"] == 64
     stats = torch.load(latents / "stats.pt", weights_only=True)
