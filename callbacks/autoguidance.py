@@ -47,10 +47,10 @@ from torch import nn
 from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe
 from speedrun_diffusion.lightning_modules.weights import (
     CheckpointMismatchError,
+    check_written_by,
     load_exact,
     network_weights,
     read_checkpoint,
-    recipe_of,
 )
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,8 @@ def guide_from_lightning_checkpoint(recipe: type[DiffusionRecipe], path: str | P
     early, small checkpoint of the same recipe); raises :class:`CheckpointMismatchError` for another recipe
     or for weights that do not fit the network its hyper-parameters describe."""
     checkpoint = read_checkpoint(path, "guide checkpoint")
-    saved, ours = recipe_of(checkpoint), recipe.recipe_name()
-    if saved is not None and saved != ours:
-        raise CheckpointMismatchError(
-            f"guide checkpoint {path} was written by recipe {saved}, but the model is {ours}: autoguidance needs a "
-            "(weaker) network of the same recipe — or an official file with official_kind")
+    check_written_by(checkpoint, recipe.recipe_name(), f"guide checkpoint {path}", "autoguidance needs a (weaker) "
+                     "network of the model's recipe — or an official file with official_kind")
     hparams = {**(checkpoint.get("hyper_parameters") or {}), **(overrides or {})}
     weights, used_ema = network_weights(checkpoint, "net.", use_ema, source=f"guide checkpoint {path}")
     if use_ema and not used_ema:

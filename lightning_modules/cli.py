@@ -38,8 +38,8 @@ from lightning.pytorch.cli import LightningCLI
 from speedrun_diffusion.lightning_modules.process_group import leave_process_group
 from speedrun_diffusion.lightning_modules.weights import (
     CheckpointMismatchError,
+    check_written_by,
     qualified_class_name,
-    recipe_of,
     safe_torch_load,
 )
 
@@ -91,14 +91,11 @@ class SpeedrunCLI(LightningCLI):
         if not isinstance(checkpoint, Mapping):
             raise CheckpointMismatchError(f"checkpoint {ckpt_path} is not a Lightning checkpoint (a dict) but a "
                                           f"{type(checkpoint).__name__}")
-        saved = recipe_of(checkpoint)
         model = section.get("model")
         configured = model.get("class_path") if model is not None else None
-        if saved and configured and saved != qualified_class_name(configured):
-            raise CheckpointMismatchError(
-                f"checkpoint {ckpt_path} was written by recipe {saved}, but the config trains "
-                f"{qualified_class_name(configured)} (model.class_path): pass a checkpoint of this recipe, or "
-                "the config of the recipe that wrote it")
+        if configured:
+            check_written_by(checkpoint, configured, f"checkpoint {ckpt_path}", "the config trains that recipe "
+                             "(model.class_path): pass a checkpoint of it, or the config of the recipe that wrote it")
         init_args = model.get("init_args") if model is not None else None
         if configured and init_args is not None:
             given = init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from speedrun_diffusion.lightning_modules.weights import CheckpointMismatchError, recipe_of, state_dict_diff
+from speedrun_diffusion.lightning_modules.weights import CheckpointMismatchError, check_written_by, state_dict_diff
 
 __all__ = ["check_checkpoint_matches", "check_data_fits"]
 
@@ -20,11 +20,8 @@ def check_checkpoint_matches(recipe: Any, checkpoint: Mapping[str, Any], source:
     """Raise :class:`CheckpointMismatchError` (naming ``source``) if ``checkpoint`` was written by another
     recipe class or holds network tensors whose names or shapes differ from ``recipe``'s."""
     where = f"checkpoint {source}" if source is not None else "checkpoint"
-    saved = recipe_of(checkpoint)
-    if saved is not None and saved != recipe.recipe_name():
-        raise CheckpointMismatchError(
-            f"{where} was written by recipe {saved}, not {recipe.recipe_name()}: pass a checkpoint of this "
-            "recipe to --ckpt_path (or change model.class_path to the recipe that wrote it)")
+    check_written_by(checkpoint, recipe.recipe_name(), where, "pass a checkpoint of this recipe to --ckpt_path (or "
+                     "change model.class_path to the recipe that wrote it)")
     state = checkpoint.get("state_dict")
     if not isinstance(state, Mapping) or not state:
         return

@@ -17,7 +17,6 @@ with (official ``calculate_stat.py`` output format). ``load_stage1_tokenizer`` g
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,19 +37,15 @@ from speedrun_diffusion.lightning_modules.losses.gan import (
 from speedrun_diffusion.lightning_modules.losses.lpips import LPIPS
 from speedrun_diffusion.lightning_modules.networks.discriminators import DinoDiscriminator
 from speedrun_diffusion.lightning_modules.networks.rae import RAE
-from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder, rae_decoder_preset
-from speedrun_diffusion.lightning_modules.networks.rae_encoder import (
-    RepresentationEncoder,
-    representation_encoder_preset,
-)
+from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder
 from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig
 from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig
 from speedrun_diffusion.lightning_modules.sharding import ShardingConfig
 from speedrun_diffusion.lightning_modules.weights import (
+    check_written_by,
     ema_weights,
     load_exact,
     read_checkpoint,
-    recipe_of,
     weights_under,
 )
 
@@ -58,39 +53,7 @@ log = logging.getLogger(__name__)
 
 SigmaDist = Literal["uniform", "half_normal"]
 
-__all__ = ["RAEStage1", "load_stage1_tokenizer", "rae_tokenizer"]
-
-
-def rae_tokenizer(
-    encoder: str = "dinov2",
-    decoder: str = "XL",
-    encoder_input_size: int = 224,
-    decoder_patch_size: int = 16,
-    noise_tau: float = 0.0,
-    sigma_dist: SigmaDist = "uniform",
-    pretrained_encoder: str | None = None,
-    decoder_path: str | None = None,
-    stats_path: str | None = None,
-    encoder_overrides: Mapping[str, Any] | None = None,
-    decoder_overrides: Mapping[str, Any] | None = None,
-) -> RAE:
-    """The RAE (RAE Sec. 3): ``checkpoints.rae_stage1.build_rae`` for the official encoders / decoders, or a custom
-    (random) one whose encoder / decoder config fields are replaced by ``encoder_overrides`` /
-    ``decoder_overrides`` (tiny CPU configs: a small DINOv2-architecture encoder and decoder)."""
-    if not encoder_overrides and not decoder_overrides:
-        return build_rae(encoder, decoder, encoder_input_size, decoder_patch_size, noise_tau, pretrained_encoder,
-                         decoder_path, stats_path, sigma_dist)
-    if pretrained_encoder is not None or decoder_path is not None:
-        raise ValueError("encoder_overrides / decoder_overrides build a custom RAE with random weights: leave "
-                         "pretrained_encoder and decoder_path unset")
-    enc = RepresentationEncoder(representation_encoder_preset(encoder, **dict(encoder_overrides or {})))
-    grid = enc.grid_size(encoder_input_size)
-    dec = RAEDecoder(rae_decoder_preset(decoder, latent_dim=enc.cfg.hidden_size, patch_size=decoder_patch_size,
-                                        num_patches=grid * grid, **dict(decoder_overrides or {})))
-    rae = RAE(enc, dec, encoder_input_size, noise_tau=noise_tau, sigma_dist=sigma_dist)
-    if stats_path is not None:
-        rae.load_latent_stats(stats_path)
-    return rae
+__all__ = ["RAEStage1", "load_stage1_tokenizer"]
 
 
 # RAEStage1 init args that define the tokenizer's architecture (rebuilt from a stage-1 checkpoint)
@@ -109,14 +72,12 @@ def load_stage1_tokenizer(path: str | Path, weights: Literal["ema", "model"] = "
     if weights not in ("ema", "model"):
         raise ValueError(f"stage1_weights must be 'ema' or 'model', got {weights!r}")
     checkpoint = read_checkpoint(path, "stage1_checkpoint")
-    recipe = recipe_of(checkpoint)
-    if recipe is not None and recipe != RAEStage1.recipe_name():
-        raise ValueError(f"stage1_checkpoint {path} was written by {recipe}, not {RAEStage1.recipe_name()}")
+    check_written_by(checkpoint, RAEStage1.recipe_name(), f"stage1_checkpoint {path}", "pass a checkpoint of RAEStage1")
     hparams = checkpoint.get("hyper_parameters") or {}
     missing = [k for k in ("encoder", "decoder") if k not in hparams]
     if missing:
         raise ValueError(f"stage1_checkpoint {path} has no hyper-parameters {missing}: not a RAEStage1 checkpoint")
-    rae = rae_tokenizer(**{k: hparams[k] for k in TOKENIZER_ARGS if k in hparams})
+    rae = build_rae(**{k: hparams[k] for k in TOKENIZER_ARGS if k in hparams})
     load_exact(rae, weights_under(checkpoint["state_dict"], "tokenizer."),
                f"stage1_checkpoint {path} (the tokenizer its hyper-parameters describe)")
     shadow = ema_weights(checkpoint) if weights == "ema" else None
@@ -190,8 +151,9 @@ class RAEStage1(GANRecipe):
                             ("max_d_weight", max_d_weight)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        self.tokenizer = rae_tokenizer(encoder, decoder, encoder_input_size, decoder_patch_size, noise_tau, sigma_dist,
-                                       pretrained_encoder, decoder_path, None, encoder_overrides, decoder_overrides)
+        self.tokenizer = build_rae(encoder, decoder, encoder_input_size, decoder_patch_size, noise_tau,
+                                   pretrained_encoder, decoder_path, None, sigma_dist, encoder_overrides,
+                                   decoder_overrides)
         self.tokenizer_name = f"RAE-{encoder}"
         if train_losses and lpips is None:
             lpips = LPIPS()  # lpips package VGG16 + v0.1 heads (torchvision ImageNet weights)

@@ -8,7 +8,6 @@ statistics) to images in [−1, 1].
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -40,37 +39,25 @@ log = logging.getLogger(__name__)
 __all__ = ["RAEStage2", "rae_denoiser"]
 
 
-def rae_denoiser(
-    model: str = "DiTDH-XL",
-    head: str = "G",
-    head_depth: int = 2,
-    head_hidden_size: int | None = None,
-    head_num_heads: int | None = None,
-    input_size: int = 16,
-    in_channels: int = 768,
-    num_classes: int = 1000,
-    class_dropout_prob: float = 0.1,
-    depth: int | None = None,
-    hidden_size: int | None = None,
-    num_heads: int | None = None,
-    qk_norm: bool = False,
-) -> nn.Module:
-    """DiT^DH ("DiTDH-S|B|L|XL", head ``head`` of Table 16 × ``head_depth``, or an explicit head width / heads)
-    or LightningDiT ("LightningDiT-XL/1") on (in_channels, input_size, input_size) latents (RAE Sec. 5, App. F).
+def rae_denoiser(h: Mapping[str, Any]) -> nn.Module:
+    """DiT^DH ("DiTDH-S|B|L|XL", head ``head`` of Table 16 × ``head_depth``, or an explicit ``head_hidden_size`` /
+    ``head_num_heads``) or LightningDiT ("LightningDiT-XL/1") on (in_channels, input_size, input_size) latents
+    (RAE Sec. 5, App. F), from the network arguments of ``RAEStage2`` in ``h`` (its hyper-parameters).
 
     ``depth`` / ``hidden_size`` / ``num_heads`` override the backbone preset. The width rule of RAE Sec. 4.1
     (DiT^DH head / LightningDiT width ≥ token dimension C·p²) raises a ValueError naming the key.
     """
-    sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items() if v is not None}
-    common = dict(input_size=input_size, in_channels=in_channels, num_classes=num_classes,
-                  class_dropout_prob=class_dropout_prob, qk_norm=qk_norm, **sizes)
-    if model.startswith("LightningDiT"):
-        return DiT(lightningdit_preset(model, **common))
-    custom_head = head_hidden_size is not None or head_num_heads is not None
-    cfg = ditdh_preset(model, head=head, head_depth=head_depth, check_width=not custom_head, **common)
+    sizes = {k: h[k] for k in ("depth", "hidden_size", "num_heads") if h[k] is not None}
+    common = dict(input_size=h["input_size"], in_channels=h["in_channels"], num_classes=h["num_classes"],
+                  class_dropout_prob=h["class_dropout_prob"], qk_norm=h["qk_norm"], **sizes)
+    if h["model"].startswith("LightningDiT"):
+        return DiT(lightningdit_preset(h["model"], **common))
+    head_width, head_heads = h["head_hidden_size"], h["head_num_heads"]
+    custom_head = head_width is not None or head_heads is not None
+    cfg = ditdh_preset(h["model"], head=h["head"], head_depth=h["head_depth"], check_width=not custom_head, **common)
     if custom_head:
-        cfg = DiTDHConfig(cfg.backbone, DDTHeadConfig(head_hidden_size or cfg.head.hidden_size, head_depth,
-                                                      head_num_heads or cfg.head.num_heads))
+        cfg = DiTDHConfig(cfg.backbone, DDTHeadConfig(head_width or cfg.head.hidden_size, h["head_depth"],
+                                                      head_heads or cfg.head.num_heads))
     return DiTDH(cfg)
 
 
@@ -78,7 +65,7 @@ def rae_denoiser(
 class RAEStage2(DiffusionRecipe):
     """RAE stage 2: DiT^DH (or LightningDiT) flow matching on normalised RAE latents (RAE Sec. 4-5, App. F).
 
-    Network: ``rae_denoiser`` args (``model`` "DiTDH-XL" | ... | "LightningDiT-XL/1", DDT ``head`` /
+    Network (``rae_denoiser``): ``model`` "DiTDH-XL" | ... | "LightningDiT-XL/1", DDT ``head`` /
     ``head_depth`` or ``head_hidden_size`` / ``head_num_heads``, ``depth`` / ``hidden_size`` / ``num_heads``
     overrides) on (``in_channels``, ``input_size``, ``input_size``) latents.
 
@@ -145,8 +132,7 @@ class RAEStage2(DiffusionRecipe):
     ) -> None:
         super().__init__(optimizer, sharding, nonfinite, sampling)
         self.save_hyperparameters(ignore=["tokenizer"])
-        self.net = rae_denoiser(model, head, head_depth, head_hidden_size, head_num_heads, input_size, in_channels,
-                                num_classes, class_dropout_prob, depth, hidden_size, num_heads, qk_norm)
+        self.net = rae_denoiser(self.hparams)
         self.latent_shape = (in_channels, input_size, input_size)
         if time_shift is None and in_channels * input_size**2 < shift_base:
             raise ValueError(f"shift_base={shift_base} exceeds the latent dimension {in_channels * input_size**2}: "
@@ -173,8 +159,7 @@ class RAEStage2(DiffusionRecipe):
     @classmethod
     def net_from_hparams(cls, hparams: Mapping[str, Any]) -> nn.Module:
         """Only the denoiser (the autoguidance guide): no tokenizer, no weight files."""
-        accepted = inspect.signature(rae_denoiser).parameters
-        return rae_denoiser(**{k: v for k, v in hparams.items() if k in accepted})
+        return rae_denoiser(cls.with_defaults(hparams))
 
     def bundle_hparams(self) -> dict[str, Any]:
         """A bundle carries the tokenizer (architecture here, weights in the file) instead of the files it was

@@ -361,6 +361,13 @@ class DiffusionRecipe(L.LightningModule):
         return instantiate_module(cls, config)
 
     @classmethod
+    def with_defaults(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """``hparams`` completed with the constructor's defaults: a network builder reads every argument by name
+        from one mapping, so the recipe's signature is the only place the arguments are declared."""
+        declared = inspect.signature(cls.__init__).parameters.values()
+        return {**{p.name: p.default for p in declared if p.default is not p.empty}, **hparams}
+
+    @classmethod
     def net_from_hparams(cls, hparams: Mapping[str, Any]) -> nn.Module:
         """The (randomly initialised) ``net`` this recipe builds from a checkpoint's ``hyper_parameters``: the
         autoguidance guide of ``callbacks.AutoGuidance`` (``from_hparams``; a recipe whose frozen modules are costly

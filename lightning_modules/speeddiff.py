@@ -19,7 +19,6 @@ with it; sampling is Euler–Maruyama, 250 NFE (Tab. 14), CFG as the alternative
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,7 +46,7 @@ from speedrun_diffusion.lightning_modules.networks.vit_vae import ViTVAE, vit_va
 from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig
 from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig
 from speedrun_diffusion.lightning_modules.sharding import ShardingConfig
-from speedrun_diffusion.lightning_modules.weights import load_exact, read_checkpoint, recipe_of, weights_under
+from speedrun_diffusion.lightning_modules.weights import check_written_by, load_exact, read_checkpoint, weights_under
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +63,14 @@ def speeddiff_vae(vae: str = "B", resolution: int = 256, vae_overrides: Mapping[
     return ViTVAE(vit_vae_preset(vae, resolution, **overrides))
 
 
-def speeddiff_denoiser(
-    model: str = "Refined-DiT-B",
-    input_size: int = 16,
-    in_channels: int = 32,
-    num_classes: int = 1000,
-    class_dropout_prob: float = 0.1,
-    depth: int | None = None,
-    hidden_size: int | None = None,
-    num_heads: int | None = None,
-) -> DiT:
-    """Refined-DiT-B/L/XL (A.1.2) or the Tab. 10 baseline "DiT-XL/1" on (in_channels, input_size²) latents;
-    ``depth`` / ``hidden_size`` / ``num_heads`` override the preset (the bad model: half of each, A.3.1)."""
-    sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items() if v is not None}
-    return DiT(refined_dit_preset(model, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
-                                  class_dropout_prob=class_dropout_prob, **sizes))
+def speeddiff_denoiser(h: Mapping[str, Any], latent_shape: tuple[int, int, int]) -> DiT:
+    """Refined-DiT-B/L/XL (A.1.2) or the Tab. 10 baseline "DiT-XL/1" on ``latent_shape`` latents, from the network
+    arguments of ``SpeedDiff`` in ``h`` (its hyper-parameters: ``model``, ``num_classes``, ``class_dropout_prob``;
+    ``depth`` / ``hidden_size`` / ``num_heads`` override the preset — the bad model halves each, A.3.1)."""
+    channels, size, _ = latent_shape
+    sizes = {k: h[k] for k in ("depth", "hidden_size", "num_heads") if h[k] is not None}
+    return DiT(refined_dit_preset(h["model"], input_size=size, in_channels=channels, num_classes=h["num_classes"],
+                                  class_dropout_prob=h["class_dropout_prob"], **sizes))
 
 
 def load_speeddiff_vae(path: str | Path) -> nn.Module:
@@ -87,9 +79,7 @@ def load_speeddiff_vae(path: str | Path) -> nn.Module:
     if not Path(path).is_file():
         raise FileNotFoundError(f"frozen_vae checkpoint not found: {path}")
     checkpoint = read_checkpoint(path, "frozen_vae checkpoint")
-    recipe = recipe_of(checkpoint)
-    if recipe is not None and recipe != SpeedDiff.recipe_name():
-        raise ValueError(f"frozen_vae {path} was written by {recipe}, not {SpeedDiff.recipe_name()}")
+    check_written_by(checkpoint, SpeedDiff.recipe_name(), f"frozen_vae {path}", "pass a checkpoint of SpeedDiff")
     hparams = checkpoint.get("hyper_parameters") or {}
     vae = speeddiff_vae(**{k: hparams[k] for k in VAE_ARGS if k in hparams})
     load_exact(vae, weights_under(checkpoint.get("state_dict") or {}, "tokenizer."),
@@ -175,9 +165,7 @@ class SpeedDiff(GANRecipe):
             speeddiff_vae(vae, resolution, vae_overrides)
         if getattr(self.tokenizer, "scaling_factor", 1.0) != 1.0:
             raise ValueError("SpeedDiff diffuses raw VAE latents: set the VAE's scaling_factor to 1")
-        channels, size, _ = self.latent_shape
-        self.net = speeddiff_denoiser(model, size, channels, num_classes, class_dropout_prob, depth, hidden_size,
-                                      num_heads)
+        self.net = speeddiff_denoiser(self.hparams, self.latent_shape)
         self.resolution = resolution
         self.time_sampler = TimeSampler(time_sampler)
         needs_lpips = (self.train_vae and lpips_weight > 0) or tpr_lpips_weight > 0
@@ -202,7 +190,7 @@ class SpeedDiff(GANRecipe):
             target_dim = int(getattr(vfm, "embed_dim", 0) or 0)
             if target_dim <= 0:
                 raise ValueError("the REPA++ vfm must expose `embed_dim` (its token width)")
-            self.repa = REPAPlusPlus(channels, self.net.cfg.hidden_size, target_dim, adapter_dim,
+            self.repa = REPAPlusPlus(self.latent_shape[0], self.net.cfg.hidden_size, target_dim, adapter_dim,
                                      repa_latent_weight, repa_diffusion_weight)
         self._reconstruction: Tensor | None = None  # sg(x̂_vae) of the joint step, reused by the discriminator step
         self.strict_loading = False  # LPIPS / VFM tensors are left out of checkpoints (on_save_checkpoint)
@@ -220,10 +208,7 @@ class SpeedDiff(GANRecipe):
     @classmethod
     def net_from_hparams(cls, hparams: Mapping[str, Any]) -> nn.Module:
         """Only the denoiser (the autoguidance guide): no VAE, LPIPS, VFM or weight files."""
-        accepted = inspect.signature(speeddiff_denoiser).parameters
-        kwargs = {k: v for k, v in hparams.items() if k in accepted}
-        channels, size, _ = cls._latent_shape_of(hparams)
-        return speeddiff_denoiser(**{**kwargs, "input_size": size, "in_channels": channels})
+        return speeddiff_denoiser(cls.with_defaults(hparams), cls._latent_shape_of(hparams))
 
     @staticmethod
     def _latent_shape_of(hparams: Mapping[str, Any]) -> tuple[int, int, int]:

@@ -36,6 +36,7 @@ __all__ = [
     "CheckpointMismatchError",
     "UnreadableCheckpointError",
     "UnsafeCheckpointError",
+    "check_written_by",
     "ema_weights",
     "load_exact",
     "network_weights",
@@ -178,6 +179,16 @@ def recipe_of(checkpoint: Mapping[str, Any]) -> str | None:
     or LightningCLI's ``_class_path`` hyper-parameter, as ``module.Class`` where the class is defined."""
     saved = checkpoint.get("recipe") or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
     return qualified_class_name(str(saved)) if saved else None
+
+
+def check_written_by(checkpoint: Mapping[str, Any], recipe: str, source: str, remedy: str) -> None:
+    """Raise :class:`CheckpointMismatchError` if ``checkpoint`` (named ``source`` in the message) was written by
+    another recipe class than ``recipe`` (``module.Class``); ``remedy`` says what to pass instead. A checkpoint
+    that names no recipe passes: the key and shape checks of its loader decide."""
+    saved = recipe_of(checkpoint)
+    if saved is not None and saved != qualified_class_name(recipe):
+        raise CheckpointMismatchError(f"{source} was written by recipe {saved}, not {qualified_class_name(recipe)}: "
+                                      f"{remedy}")
 
 
 def weights_under(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:

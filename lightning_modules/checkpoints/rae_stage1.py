@@ -442,23 +442,29 @@ def build_rae(
     decoder_path: str | Path | None = None,
     stats_path: str | Path | None = None,
     sigma_dist: str = "uniform",
+    encoder_overrides: Mapping[str, Any] | None = None,
+    decoder_overrides: Mapping[str, Any] | None = None,
 ) -> RAE:
     """An RAE from names, as the official configs build it (RAE Sec. 3; defaults: DINOv2-B + ViT-XL, 224 → 256 px).
 
     ``pretrained_encoder``: None (random weights, offline), ``"timm"`` (timm's pretrained copy) or a local HF
     model folder. ``decoder_path``: an official decoder ``model.pt`` (imported strictly as ``rae.decoder``).
     ``stats_path``: the official latent ``{'mean', 'var'}`` file (stage 2). Missing files raise naming the path.
+    ``encoder_overrides`` / ``decoder_overrides`` replace fields of the preset configs (a custom RAE with random
+    weights, e.g. the tiny CPU configs' small DINOv2-architecture encoder and decoder).
     """
+    if (encoder_overrides or decoder_overrides) and (pretrained_encoder is not None or decoder_path is not None):
+        raise ValueError("encoder_overrides / decoder_overrides build a custom RAE with random weights: leave "
+                         "pretrained_encoder and decoder_path unset")
     if pretrained_encoder is None:
-        enc = RepresentationEncoder(representation_encoder_preset(encoder))
+        enc = RepresentationEncoder(representation_encoder_preset(encoder, **dict(encoder_overrides or {})))
     elif pretrained_encoder == "timm":
         enc = load_timm_encoder(encoder)
     else:
         enc = load_hf_encoder(pretrained_encoder, encoder)
     grid = enc.grid_size(encoder_input_size)
-    cfg = rae_decoder_preset(
-        decoder, latent_dim=enc.cfg.hidden_size, patch_size=decoder_patch_size, num_patches=grid * grid
-    )
+    cfg = rae_decoder_preset(decoder, latent_dim=enc.cfg.hidden_size, patch_size=decoder_patch_size,
+                             num_patches=grid * grid, **dict(decoder_overrides or {}))
     if decoder_path is None:
         dec = RAEDecoder(cfg)
     else:

@@ -22,7 +22,7 @@ from speedrun_diffusion.lightning_modules.losses.lpips import LPIPS, ConvFeature
 from speedrun_diffusion.lightning_modules.networks.discriminators import DinoDiscriminator
 from speedrun_diffusion.lightning_modules.optimization import hold_linear_factor
 from speedrun_diffusion.lightning_modules.rae_stage1 import RAEStage1
-from speedrun_diffusion.lightning_modules.rae_stage2 import RAEStage2, rae_denoiser
+from speedrun_diffusion.lightning_modules.rae_stage2 import RAEStage2
 from speedrun_diffusion.lightning_modules.weights import ema_weights
 from tests.helpers import ROOT
 
@@ -153,8 +153,9 @@ def test_stage2_loss_falls_on_a_fixed_batch():
 
 def test_autoguidance_changes_samples_and_equals_the_guided_formula():
     module = tiny_stage2()
-    guide = rae_denoiser("DiTDH-S", depth=1, hidden_size=32, num_heads=1, head_depth=1, head_hidden_size=32,
-                         head_num_heads=1, input_size=4, in_channels=16, num_classes=10)
+    guide = RAEStage2.net_from_hparams(dict(model="DiTDH-S", depth=1, hidden_size=32, num_heads=1, head_depth=1,
+                                            head_hidden_size=32, head_num_heads=1, input_size=4, in_channels=16,
+                                            num_classes=10))
     torch.manual_seed(2)
     for net in (module.net, guide):  # the official init zeroes the outputs: give both networks non-trivial weights
         for p in net.parameters():

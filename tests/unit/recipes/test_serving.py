@@ -14,11 +14,11 @@ from torch import nn
 from speedrun_diffusion.callbacks import EMA
 from speedrun_diffusion.datamodules import SyntheticDataModule
 from speedrun_diffusion.lightning_modules import RAEStage2, SiD2, SiT, SpeedDiff, SRDiT
+from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import build_rae
 from speedrun_diffusion.lightning_modules.losses import LPIPS, ConvFeatures
 from speedrun_diffusion.lightning_modules.networks import INVAE
 from speedrun_diffusion.lightning_modules.networks.discriminators import PatchGANDiscriminator
 from speedrun_diffusion.lightning_modules.networks.invae import INVAEConfig
-from speedrun_diffusion.lightning_modules.rae_stage1 import rae_tokenizer
 from speedrun_diffusion.lightning_modules.serving import load_pretrained, save_pretrained
 from speedrun_diffusion.lightning_modules.weights import CheckpointMismatchError
 
@@ -45,10 +45,10 @@ def tiny_invae() -> INVAE:
 
 
 def tiny_rae():
-    return rae_tokenizer("dinov2", "B", encoder_input_size=RES, decoder_patch_size=4,
-                         encoder_overrides=dict(hidden_size=16, depth=1, num_heads=2, mlp_dim=32, patch_size=4,
-                                                pos_grid=4),
-                         decoder_overrides=dict(hidden_size=32, depth=1, num_heads=2, mlp_dim=64))
+    return build_rae("dinov2", "B", encoder_input_size=RES, decoder_patch_size=4,
+                     encoder_overrides=dict(hidden_size=16, depth=1, num_heads=2, mlp_dim=32, patch_size=4,
+                                            pos_grid=4),
+                     decoder_overrides=dict(hidden_size=32, depth=1, num_heads=2, mlp_dim=64))
 
 
 RECIPES = {
