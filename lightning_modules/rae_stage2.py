@@ -28,6 +28,7 @@ from speedrun_diffusion.lightning_modules.losses.rae_transport import rae_transp
 from speedrun_diffusion.lightning_modules.networks.ddt_head import DDTHeadConfig
 from speedrun_diffusion.lightning_modules.networks.dit import DiT, lightningdit_preset
 from speedrun_diffusion.lightning_modules.networks.ditdh import DiTDH, DiTDHConfig, ditdh_preset
+from speedrun_diffusion.lightning_modules.compilation import CompileConfig
 from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig
 from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig
 from speedrun_diffusion.lightning_modules.rae_stage1 import load_stage1_tokenizer
@@ -141,8 +142,9 @@ class RAEStage2(DiffusionRecipe):
                                                      hold_epochs=40.0, decay_end_epoch=800.0, min_lr=2e-5),
         sharding: ShardingConfig = ShardingConfig(),
         nonfinite: NonFiniteConfig = NonFiniteConfig(),
+        compile: CompileConfig = CompileConfig(),  # noqa: A002
     ) -> None:
-        super().__init__(optimizer, sharding, nonfinite, sampling)
+        super().__init__(optimizer, sharding, nonfinite, sampling, compile=compile)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.net = rae_denoiser(model, head, head_depth, head_hidden_size, head_num_heads, input_size, in_channels,
                                 num_classes, class_dropout_prob, depth, hidden_size, num_heads, qk_norm)

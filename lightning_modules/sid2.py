@@ -32,6 +32,7 @@ from speedrun_diffusion.lightning_modules.diffusion.sampling import DDPM, Sampli
 from speedrun_diffusion.lightning_modules.diffusion.vp import LogSNRSchedule, ScheduleKind, alpha_sigma, x_from_v
 from speedrun_diffusion.lightning_modules.losses.sigmoid_loss import Weighting, vp_diffusion_loss
 from speedrun_diffusion.lightning_modules.networks.uvit import PresetName, UViT, UViTConfig, uvit_preset
+from speedrun_diffusion.lightning_modules.compilation import CompileConfig
 from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig
 from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig
 from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe
@@ -109,8 +110,9 @@ class SiD2(DiffusionRecipe):
         optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4, betas=(0.9, 0.99), eps=1e-12, warmup_steps=10_000),
         sharding: ShardingConfig = ShardingConfig(),
         nonfinite: NonFiniteConfig = NonFiniteConfig(),
+        compile: CompileConfig = CompileConfig(),  # noqa: A002
     ) -> None:
-        super().__init__(optimizer, sharding, nonfinite, sampling)
+        super().__init__(optimizer, sharding, nonfinite, sampling, compile=compile)
         self.save_hyperparameters()
         overrides = dict(
             patch_size=patch_size, channels=channels, block_types=block_types, num_updown_blocks=num_updown_blocks,

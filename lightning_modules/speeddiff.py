@@ -44,6 +44,7 @@ from speedrun_diffusion.lightning_modules.networks.dit import DiT, refined_dit_p
 from speedrun_diffusion.lightning_modules.networks.invae import INVAE, INVAEConfig
 from speedrun_diffusion.lightning_modules.networks.target_encoders import DINOv2Targets
 from speedrun_diffusion.lightning_modules.networks.vit_vae import ViTVAE, vit_vae_preset
+from speedrun_diffusion.lightning_modules.compilation import CompileConfig, compiled_parts
 from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig
 from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig
 from speedrun_diffusion.lightning_modules.sharding import ShardingConfig
@@ -158,8 +159,9 @@ class SpeedDiff(GANRecipe):
         optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4),
         sharding: ShardingConfig = ShardingConfig(),
         nonfinite: NonFiniteConfig = NonFiniteConfig(),
+        compile: CompileConfig = CompileConfig(),  # noqa: A002
     ) -> None:
-        super().__init__(optimizer, sharding, nonfinite, sampling)
+        super().__init__(optimizer, sharding, nonfinite, sampling, compile=compile)
         self.save_hyperparameters(ignore=["lpips", "discriminator", "vfm"])
         self.weights = SpeedDiffWeights(mse_weight, lpips_weight, gan_weight, kl_weight, diffusion_weight,
                                         tpr_mse_weight, tpr_lpips_weight, lecam_weight)
@@ -242,6 +244,12 @@ class SpeedDiff(GANRecipe):
             units += [self.tokenizer.encoder, self.tokenizer.decoder]
         return units
 
+    def compiled_modules(self) -> list[nn.Module]:
+        """The denoiser, the VAE's encoder and decoder (trained jointly, so compiled with the denoiser) and the
+        frozen modules (``compile`` group; the discriminator's spectral norm stays eager)."""
+        vae = compiled_parts(self.tokenizer) if self.train_vae else []
+        return [self.net, *vae, *self.compiled_frozen_modules()]
+
     def reshard_root_after_forward(self, root: nn.Module) -> bool:
         return root is not self.tokenizer  # posterior() returns a distribution object FSDP cannot hook
 
@@ -253,10 +261,11 @@ class SpeedDiff(GANRecipe):
         return roots + [m for m in (self.repa, self.discriminator) if m is not None]
 
     def configure_model(self) -> None:
-        """FSDP2 as the base (``shard_units`` / ``shard_roots``); the VAE is called through ``posterior`` and
-        ``decode``, not ``forward``, so those methods get FSDP's unshard / reshard hooks too."""
+        """The base's compile and FSDP2 (``shard_units`` / ``shard_roots``); under FSDP2 the VAE is called through
+        ``posterior`` and ``decode``, not ``forward``, so those methods get FSDP's unshard / reshard hooks too."""
         mesh = self.device_mesh
         if mesh is None:
+            super().configure_model()  # one device / DDP: the compile group
             return
         from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 

@@ -34,6 +34,7 @@ from speedrun_diffusion.lightning_modules.latent_encoder import LatentMode, enco
 from speedrun_diffusion.lightning_modules.losses.srdit_loss import SRDiTLoss
 from speedrun_diffusion.lightning_modules.networks.dit import dit_preset
 from speedrun_diffusion.lightning_modules.networks.sprint import SprintConfig, SprintDiT, build_dit
+from speedrun_diffusion.lightning_modules.compilation import CompileConfig
 from speedrun_diffusion.lightning_modules.nonfinite import NonFiniteConfig
 from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig
 from speedrun_diffusion.lightning_modules.recipe import DiffusionRecipe
@@ -99,8 +100,9 @@ class SRDiT(DiffusionRecipe):
         optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4),
         sharding: ShardingConfig = ShardingConfig(),
         nonfinite: NonFiniteConfig = NonFiniteConfig(),
+        compile: CompileConfig = CompileConfig(),  # noqa: A002
     ) -> None:
-        super().__init__(optimizer, sharding, nonfinite, sampling)
+        super().__init__(optimizer, sharding, nonfinite, sampling, compile=compile)
         self.save_hyperparameters(ignore=["tokenizer", "target_encoder"])
         sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items()
                  if v is not None}
