@@ -75,7 +75,7 @@ class GANRecipe(DiffusionRecipe):
             self.manual_backward(loss)
             clip = self.optimizer_config.grad_clip
             if clip is not None:
-                self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+                self.clip_any_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         if count:
             optimizer.step()
         else:

@@ -371,7 +371,29 @@ class DiffusionRecipe(L.LightningModule):
         """``trainer.gradient_clip_val``, else the ``optimizer.grad_clip`` of the argument group (by norm)."""
         if gradient_clip_val is None and self.optimizer_config.grad_clip is not None:
             gradient_clip_val, gradient_clip_algorithm = self.optimizer_config.grad_clip, "norm"
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        self.clip_any_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def clip_any_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
+                           gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's ``clip_gradients``, also for a fused AdamW (``optimizer.implementation``) under mixed
+        precision. Lightning's AMP plugin refuses to clip for any optimizer that unscales inside its step, which
+        matters only with a GradScaler (fp16): bf16-mixed has none, so the base plugin clips as usual; with one, the
+        gradients are unscaled first and torch's GradScaler then steps the fused kernel on unscaled gradients."""
+        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+        from lightning.pytorch.utilities.enums import GradClipAlgorithmType
+
+        plugin = self.trainer.precision_plugin
+        inner = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+        if not (isinstance(plugin, MixedPrecision) and getattr(inner, "_step_supports_amp_scaling", False)):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        value = (self.trainer.gradient_clip_val or 0.0) if gradient_clip_val is None else gradient_clip_val
+        algorithm = (gradient_clip_algorithm or self.trainer.gradient_clip_algorithm or "norm").lower()
+        if value <= 0:
+            return
+        if plugin.scaler is not None:
+            plugin.scaler.unscale_(inner)
+        Precision.clip_gradients(plugin, inner, value, GradClipAlgorithmType(algorithm))
 
     # ---------------------------------------------------------------- sharding
     def shard_units(self) -> list[nn.Module]:

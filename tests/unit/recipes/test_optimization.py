@@ -3,6 +3,7 @@ parameters, every kernel computes the same update up to float rounding, the GAN 
 the group too, and optimizer state moves between kernels (a checkpoint written with another one resumes)."""
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 
@@ -77,3 +78,39 @@ def test_the_gan_recipes_discriminator_optimizer_follows_the_group():
     for implementation, fused in (("auto", True), ("for-loop", None)):
         optimizers, _ = tiny(optimizer={"implementation": implementation}).configure_optimizers()
         assert len(optimizers) == 2 and all(opt.defaults["fused"] is fused for opt in optimizers)
+
+
+class GradNorms(L.Callback):
+    """The total gradient norm each optimizer stepped with (read after the step: Lightning runs backward and the
+    clipping inside ``optimizer.step(closure)``)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for optimizer in trainer.optimizers:
+            optimizer.register_step_post_hook(lambda opt, *_: self.norms.append(float(torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.grad) for g in opt.param_groups for p in g["params"]
+                             if p.grad is not None])))))
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_lightning_clips_the_fused_kernel_under_mixed_precision(precision: str):
+    """Lightning's AMP plugin refuses to clip for optimizers that unscale in their step (fused AdamW) even without a
+    GradScaler; the recipe clips them as the base plugin does (trainer.gradient_clip_val, and the GAN recipes'
+    optimizer.grad_clip on both optimizers)."""
+    from torch.utils.data import DataLoader
+
+    from tests.unit.recipes.test_speeddiff import images, tiny
+
+    trainer_args = dict(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False, precision=precision,
+                        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0)
+    batch = {"image": torch.randn(4, 3, 8, 8), "label": torch.tensor([0, 1, 2, 3])}
+    norms = GradNorms()
+    L.Trainer(**trainer_args, gradient_clip_val=1e-3, callbacks=[norms]).fit(
+        tiny_sit(), train_dataloaders=DataLoader([batch] * 2, batch_size=None))
+    assert len(norms.norms) == 2 and all(n <= 1e-3 * (1 + 1e-3) for n in norms.norms)
+    norms = GradNorms()
+    L.Trainer(**trainer_args, callbacks=[norms]).fit(
+        tiny(optimizer={"lr": 2e-3, "grad_clip": 1e-3}), train_dataloaders=DataLoader([images(4)] * 2, batch_size=None))
+    assert len(norms.norms) == 4 and all(n <= 1e-3 * (1 + 1e-3) for n in norms.norms)  # generator + discriminator
