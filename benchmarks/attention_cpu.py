@@ -30,7 +30,13 @@ SHAPES = [  # (batch, heads, tokens, head_dim)
     (64, 4, 64, 32),    # SiD2 tiny, 8² level
     (64, 8, 16, 32),    # SiD2 tiny, 4² level
     (16, 4, 256, 32),
+    (2, 12, 257, 64),   # SR-DiT-B/1 dense blocks at 256 px (REG token + 16² patches), batch 2
+    (16, 12, 257, 64),  # the same, batch 16
+    (16, 6, 256, 64),   # RAE DiT^DH-S backbone at 256 px, batch 16
+    (16, 16, 256, 128),  # its 2048-wide DDT head
+    (2, 12, 513, 64),
     (4, 6, 1024, 64),
+    (2, 12, 1025, 64),  # SR-DiT-B/1 at 512 px
 ]
 
 

@@ -88,7 +88,7 @@ class GANRecipe(DiffusionRecipe):
                 optimizer.zero_grad(set_to_none=True)
             clip = self.optimizer_config.grad_clip
             if clip is not None and stepped:
-                self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+                self.clip_any_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         if count:
             optimizer.step()
         else:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import build_rae
+from speedrun_diffusion.lightning_modules.compilation import CompileConfig
 from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 from speedrun_diffusion.lightning_modules.gan_recipe import GANRecipe
 from speedrun_diffusion.lightning_modules.losses.diffaug import DiffAug
@@ -143,8 +144,9 @@ class RAEStage1(GANRecipe):
                                                      min_lr=2e-5),
         sharding: ShardingConfig = ShardingConfig(),
         nonfinite: NonFiniteConfig = NonFiniteConfig(),
+        compile: CompileConfig = CompileConfig(),  # noqa: A002
     ) -> None:
-        super().__init__(optimizer, sharding, nonfinite)
+        super().__init__(optimizer, sharding, nonfinite, compile=compile)
         # stats_output is where a predict run writes, not part of the model: a --ckpt_path must not override it
         self.save_hyperparameters(ignore=["lpips", "discriminator", "stats_output"])
         for name, value in (("perceptual_weight", perceptual_weight), ("disc_weight", disc_weight),
@@ -186,11 +188,13 @@ class RAEStage1(GANRecipe):
 
     def configure_model(self) -> None:
         """Not sharded: the adaptive weight differentiates one decoder weight and two optimizers train the decoder
-        and the discriminator heads; the ViT-XL decoder (415M) fits one GPU, so stage 1 runs data parallel."""
+        and the discriminator heads; the ViT-XL decoder (415M) fits one GPU, so stage 1 runs data parallel. The
+        ``compile`` group compiles the decoder and the frozen encoder and LPIPS (``compiled_modules``)."""
         if self.device_mesh is not None:
             raise ValueError("RAEStage1 trains the decoder and the discriminator heads without sharding: use data "
                              "parallelism (trainer.strategy: ddp, configs/scale/ddp_8gpu.yaml), not "
                              "ModelParallelStrategy / FSDP2 (the sharding group is accepted only so add-ons compose)")
+        super().configure_model()  # one device / DDP: the compile group
 
     # ---------------------------------------------------------------- losses
     def reconstruct(self, images: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from speedrun_diffusion.lightning_modules.argument_groups import module_architecture
 from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import build_rae
+from speedrun_diffusion.lightning_modules.compilation import CompileConfig
 from speedrun_diffusion.lightning_modules.diffusion import (
     EulerMaruyama,
     EulerODE,
@@ -129,8 +130,9 @@ class RAEStage2(DiffusionRecipe):
                                                      hold_epochs=40.0, decay_end_epoch=800.0, min_lr=2e-5),
         sharding: ShardingConfig = ShardingConfig(),
         nonfinite: NonFiniteConfig = NonFiniteConfig(),
+        compile: CompileConfig = CompileConfig(),  # noqa: A002
     ) -> None:
-        super().__init__(optimizer, sharding, nonfinite, sampling)
+        super().__init__(optimizer, sharding, nonfinite, sampling, compile=compile)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.net = rae_denoiser(self.hparams)
         self.latent_shape = (in_channels, input_size, input_size)

@@ -2,15 +2,16 @@
 
 It holds what every recipe would otherwise repeat, each concern in its own module:
 
-* the four typed argument groups — ``optimizer`` (``optimization.py``: AdamW, warm-up, cosine / hold-linear),
-  ``sharding`` (``sharding.py``: FSDP2), ``nonfinite`` (``nonfinite.py``: skip or raise on a NaN loss or gradient) and
-  ``sampling`` (``diffusion/sampling.py``: sampler object, steps, guidance) — declared once per recipe with the
+* the five typed argument groups — ``optimizer`` (``optimization.py``: AdamW and its kernel, warm-up, cosine /
+  hold-linear), ``sharding`` (``sharding.py``: FSDP2), ``nonfinite`` (``nonfinite.py``: skip or raise on a NaN
+  loss or gradient), ``sampling`` (``diffusion/sampling.py``: sampler object, steps, guidance) and ``compile``
+  (``compilation.py``: torch.compile of the networks in ``configure_model``) — declared once per recipe with the
   paper's defaults and coerced by ``argument_groups.py``;
 * one TensorBoard scalar per loss term; fixed validation noise so validation curves are comparable;
 * resumable state in every checkpoint: the recipe's class, the skipped-step count and the RNG states
   (``rng_state.py``), and the checks that a checkpoint or a datamodule fits (``fit_checks.py``);
 * the ``sample()`` surface callbacks use (DESIGN: callbacks talk to modules only through ``net`` and ``sample``),
-  with autoguidance (``set_autoguide``) in place of CFG when a guide is set.
+  with autoguidance (``set_autoguide``) in place of CFG when a guide is set, under the trainer's precision.
 
 The math stays in plain functions and ``nn.Module``s. A recipe sets ``self.net`` (the denoiser), implements
 ``compute_losses(batch, generator)`` (a dict whose ``"loss"`` is minimised) and ``sample(labels, ...)``.
@@ -19,6 +20,7 @@ Subclasses that override ``on_save_checkpoint`` / ``on_load_checkpoint`` / ``on_
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Iterable, Mapping
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 
 from speedrun_diffusion.datamodules.loaders import LabelRangeError
 from speedrun_diffusion.lightning_modules.argument_groups import as_group, declared_default, module_architecture, plain
+from speedrun_diffusion.lightning_modules.compilation import CompileConfig, compile_modules, compiled_parts
 from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, Sampler, SamplingConfig, State
 from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 from speedrun_diffusion.lightning_modules.fit_checks import check_checkpoint_matches, check_data_fits
@@ -86,6 +89,7 @@ class DiffusionRecipe(L.LightningModule):
         sharding: ShardingConfig | Mapping[str, Any] | None = None,
         nonfinite: NonFiniteConfig | Mapping[str, Any] | None = None,
         sampling: SamplingConfig | Mapping[str, Any] | None = None,
+        compile: CompileConfig | Mapping[str, Any] | None = None,  # noqa: A002 - the group's name in YAML
     ) -> None:
         super().__init__()
         def group(value: Any, name: str, kind: type) -> Any:
@@ -96,6 +100,7 @@ class DiffusionRecipe(L.LightningModule):
         self.sharding_config = group(sharding, "sharding", ShardingConfig)
         self.nonfinite_guard = NonFiniteGuard(group(nonfinite, "nonfinite", NonFiniteConfig))
         self.sampling = group(sampling, "sampling", SamplingConfig)
+        self.compile_config = group(compile, "compile", CompileConfig)
         self._pending_rng: Mapping[str, Any] | None = None
         self._drop_gradients = False  # set by a skipped step under data parallelism
         self.tokenizer: nn.Module | None = None  # frozen encode/decode pair of latent recipes (DESIGN contract)
@@ -110,7 +115,8 @@ class DiffusionRecipe(L.LightningModule):
         frame = frame or inspect.currentframe().f_back
         super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
         groups = {"optimizer": self.optimizer_config, "sharding": self.sharding_config,
-                  "nonfinite": self.nonfinite_guard.cfg, "sampling": self.sampling}
+                  "nonfinite": self.nonfinite_guard.cfg, "sampling": self.sampling,
+                  "compile": self.compile_config}
         rebuilt = {}
         for name in [ignore] if isinstance(ignore, str) else (ignore or []):
             value = frame.f_locals.get(name)
@@ -407,8 +413,16 @@ class DiffusionRecipe(L.LightningModule):
         labels = labels.to(self.device)
         if noise is None:
             noise = self.initial_noise(len(labels), generator)
-        with eval_mode(self.net):
+        with eval_mode(self.net), self.precision_context():
             return self.generate(labels, noise, options, generator, progress, **extras)
+
+    def precision_context(self) -> contextlib.AbstractContextManager:
+        """The trainer's precision around a forward (bf16-mixed: autocast), so sampling from a callback computes as
+        training does; outside a trainer, the caller's context (e.g. its own ``torch.autocast``)."""
+        trainer = self._trainer
+        if trainer is None:
+            return contextlib.nullcontext()
+        return trainer.precision_plugin.forward_context()
 
     def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> State:
         """The starting point of sampling: a standard normal of shape (batch, *``noise_shape()``)."""
@@ -461,7 +475,29 @@ class DiffusionRecipe(L.LightningModule):
         """``trainer.gradient_clip_val``, else the ``optimizer.grad_clip`` of the argument group (by norm)."""
         if gradient_clip_val is None and self.optimizer_config.grad_clip is not None:
             gradient_clip_val, gradient_clip_algorithm = self.optimizer_config.grad_clip, "norm"
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        self.clip_any_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def clip_any_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
+                           gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's ``clip_gradients``, also for a fused AdamW (``optimizer.implementation``) under mixed
+        precision. Lightning's AMP plugin refuses to clip for any optimizer that unscales inside its step, which
+        matters only with a GradScaler (fp16): bf16-mixed has none, so the base plugin clips as usual; with one, the
+        gradients are unscaled first and torch's GradScaler then steps the fused kernel on unscaled gradients."""
+        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+        from lightning.pytorch.utilities.enums import GradClipAlgorithmType
+
+        plugin = self.trainer.precision_plugin
+        inner = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+        if not (isinstance(plugin, MixedPrecision) and getattr(inner, "_step_supports_amp_scaling", False)):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        value = (self.trainer.gradient_clip_val or 0.0) if gradient_clip_val is None else gradient_clip_val
+        algorithm = (gradient_clip_algorithm or self.trainer.gradient_clip_algorithm or "norm").lower()
+        if value <= 0:
+            return
+        if plugin.scaler is not None:
+            plugin.scaler.unscale_(inner)
+        Precision.clip_gradients(plugin, inner, value, GradClipAlgorithmType(algorithm))
 
     # ---------------------------------------------------------------- sharding
     def shard_units(self) -> list[nn.Module]:
@@ -484,11 +520,25 @@ class DiffusionRecipe(L.LightningModule):
         called through methods whose outputs FSDP cannot hook for the backward (SpeedDiff's VAE ``posterior``)."""
         return True
 
+    def compiled_modules(self) -> list[nn.Module]:
+        """What the ``compile`` group compiles whole when the recipe is not sharded: the denoiser and
+        ``compiled_frozen_modules()``."""
+        return [self.net, *self.compiled_frozen_modules()]
+
+    def compiled_frozen_modules(self) -> list[nn.Module]:
+        """With ``compile.frozen``, each frozen module, a tokenizer by its encoder and decoder (``compilation.py``);
+        replicated under FSDP2, they are compiled whole there too."""
+        frozen = self.frozen_modules() if self.compile_config.frozen else []
+        return [part for module in frozen for part in compiled_parts(module)]
+
     def configure_model(self) -> None:
-        """FSDP2 under ``ModelParallelStrategy`` (``sharding.py``); a trainable parameter outside ``shard_roots``
-        would never be averaged over ranks, so it is refused with an error naming it."""
+        """torch.compile (``compile`` group) and FSDP2 under ``ModelParallelStrategy`` (``sharding.py``): one
+        device or DDP compiles ``compiled_modules()``; FSDP2 compiles each shard unit before its ``fully_shard``
+        and the frozen modules whole. A trainable parameter outside ``shard_roots`` would never be averaged over
+        ranks, so it is refused with an error naming it."""
         mesh = self.device_mesh
         if mesh is None:
+            compile_modules(self.compiled_modules(), self.compile_config)
             return
         from torch.distributed.fsdp import FSDPModule
 
@@ -503,7 +553,12 @@ class DiffusionRecipe(L.LightningModule):
             raise ValueError(f"{type(self).__name__}.configure_model shards only "
                              f"{[names.get(id(m), type(m).__name__) for m in roots]}, but {stray[:3]} are trained "
                              "too: add their module to shard_roots() (they would diverge across ranks)")
-        fully_shard_recipe(mesh, self.shard_units(), roots, self.sharding_config, self.reshard_root_after_forward)
+        units = self.shard_units()
+        # before fully_shard: every unit that holds no other unit (SpeedDiff's VAE encoder holds its blocks)
+        unit_ids = {id(u) for u in units}
+        leaves = [u for u in units if not any(id(m) in unit_ids for m in u.modules() if m is not u)]
+        compile_modules(leaves + self.compiled_frozen_modules(), self.compile_config)
+        fully_shard_recipe(mesh, units, roots, self.sharding_config, self.reshard_root_after_forward)
 
     def setup(self, stage: str) -> None:
         """Manual-optimisation (GAN) recipes under DDP: each of their backward passes leaves some parameters

@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from speedrun_diffusion.lightning_modules.compilation import CompileConfig
 from speedrun_diffusion.lightning_modules.diffusion.guidance import GuidedDenoiser
 from speedrun_diffusion.lightning_modules.diffusion.loss_weighting import sid2_loss_bias, time_shifted_bias
 from speedrun_diffusion.lightning_modules.diffusion.sampling import DDPM, SamplingConfig
@@ -109,8 +110,9 @@ class SiD2(DiffusionRecipe):
         optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4, betas=(0.9, 0.99), eps=1e-12, warmup_steps=10_000),
         sharding: ShardingConfig = ShardingConfig(),
         nonfinite: NonFiniteConfig = NonFiniteConfig(),
+        compile: CompileConfig = CompileConfig(),  # noqa: A002
     ) -> None:
-        super().__init__(optimizer, sharding, nonfinite, sampling)
+        super().__init__(optimizer, sharding, nonfinite, sampling, compile=compile)
         self.save_hyperparameters()
         overrides = dict(
             patch_size=patch_size, channels=channels, block_types=block_types, num_updown_blocks=num_updown_blocks,

@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from speedrun_diffusion.lightning_modules.compilation import CompileConfig
 from speedrun_diffusion.lightning_modules.diffusion import EulerMaruyama, SamplingConfig, TimeSampler, dimension_shift
 from speedrun_diffusion.lightning_modules.losses import flow_matching_loss
 from speedrun_diffusion.lightning_modules.networks.dit import DiT, dit_preset
@@ -49,8 +50,9 @@ class SiT(DiffusionRecipe):
         optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4),
         sharding: ShardingConfig = ShardingConfig(),
         nonfinite: NonFiniteConfig = NonFiniteConfig(),
+        compile: CompileConfig = CompileConfig(),  # noqa: A002
     ) -> None:
-        super().__init__(optimizer, sharding, nonfinite, sampling)
+        super().__init__(optimizer, sharding, nonfinite, sampling, compile=compile)
         self.save_hyperparameters(ignore=["tokenizer"])
         sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items()
                  if v is not None}

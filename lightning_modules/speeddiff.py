@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from speedrun_diffusion.lightning_modules.compilation import CompileConfig, compiled_parts
 from speedrun_diffusion.lightning_modules.diffusion import EulerMaruyama, SamplingConfig, TimeSampler
 from speedrun_diffusion.lightning_modules.eval_mode import eval_mode
 from speedrun_diffusion.lightning_modules.gan_recipe import GANRecipe
@@ -155,8 +156,9 @@ class SpeedDiff(GANRecipe):
         optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4),
         sharding: ShardingConfig = ShardingConfig(),
         nonfinite: NonFiniteConfig = NonFiniteConfig(),
+        compile: CompileConfig = CompileConfig(),  # noqa: A002
     ) -> None:
-        super().__init__(optimizer, sharding, nonfinite, sampling)
+        super().__init__(optimizer, sharding, nonfinite, sampling, compile=compile)
         self.save_hyperparameters(ignore=["lpips", "discriminator", "vfm"])
         self.weights = SpeedDiffWeights(mse_weight, lpips_weight, gan_weight, kl_weight, diffusion_weight,
                                         tpr_mse_weight, tpr_lpips_weight, lecam_weight)
@@ -234,6 +236,12 @@ class SpeedDiff(GANRecipe):
             units += [self.tokenizer.encoder, self.tokenizer.decoder]
         return units
 
+    def compiled_modules(self) -> list[nn.Module]:
+        """The denoiser, the VAE's encoder and decoder (trained jointly, so compiled with the denoiser) and the
+        frozen modules (``compile`` group; the discriminator's spectral norm stays eager)."""
+        vae = compiled_parts(self.tokenizer) if self.train_vae else []
+        return [self.net, *vae, *self.compiled_frozen_modules()]
+
     def reshard_root_after_forward(self, root: nn.Module) -> bool:
         return root is not self.tokenizer  # posterior() returns a distribution object FSDP cannot hook
 
@@ -245,10 +253,11 @@ class SpeedDiff(GANRecipe):
         return roots + [m for m in (self.repa, self.discriminator) if m is not None]
 
     def configure_model(self) -> None:
-        """FSDP2 as the base (``shard_units`` / ``shard_roots``); the VAE is called through ``posterior`` and
-        ``decode``, not ``forward``, so those methods get FSDP's unshard / reshard hooks too."""
+        """The base's compile and FSDP2 (``shard_units`` / ``shard_roots``); under FSDP2 the VAE is called through
+        ``posterior`` and ``decode``, not ``forward``, so those methods get FSDP's unshard / reshard hooks too."""
         mesh = self.device_mesh
         if mesh is None:
+            super().configure_model()  # one device / DDP: the compile group
             return
         from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 

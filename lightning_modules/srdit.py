@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from speedrun_diffusion.lightning_modules.checkpoints.srdit import load_invae_weights
+from speedrun_diffusion.lightning_modules.compilation import CompileConfig
 from speedrun_diffusion.lightning_modules.diffusion import (
     EulerMaruyama,
     GuidedDenoiser,
@@ -105,8 +106,9 @@ class SRDiT(DiffusionRecipe):
         optimizer: OptimizerConfig = OptimizerConfig(lr=1e-4),
         sharding: ShardingConfig = ShardingConfig(),
         nonfinite: NonFiniteConfig = NonFiniteConfig(),
+        compile: CompileConfig = CompileConfig(),  # noqa: A002
     ) -> None:
-        super().__init__(optimizer, sharding, nonfinite, sampling)
+        super().__init__(optimizer, sharding, nonfinite, sampling, compile=compile)
         self.save_hyperparameters(ignore=["tokenizer", "target_encoder"])
         sizes = {k: v for k, v in dict(depth=depth, hidden_size=hidden_size, num_heads=num_heads).items()
                  if v is not None}

@@ -18,9 +18,10 @@ def _qk_norm(kind: str, head_dim: int, eps: float | None) -> nn.Module:
     return RMSNorm(head_dim, eps=eps, affine=True)
 
 
-# On CPU in bf16 / fp16, PyTorch's fused SDPA kernel (fwd + bwd) is 2-8x slower than the explicit
-# matmul-softmax-matmul up to this many tokens, and faster beyond it (benchmarks/attention_cpu.py).
-CPU_EXPLICIT_ATTENTION_MAX_TOKENS = 256
+# On CPU in bf16 / fp16, PyTorch's fused SDPA kernel (fwd + bwd) is 1.3-8x slower than the explicit
+# matmul-softmax-matmul up to this many tokens — SR-DiT-B/1's 257 (REG token + 16² patches) and DiT^DH's 256 at
+# 256 px included — and about as fast at 1024 (benchmarks/attention_cpu.py); beyond, SDPA saves the N² scores.
+CPU_EXPLICIT_ATTENTION_MAX_TOKENS = 1024
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

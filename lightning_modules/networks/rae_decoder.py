@@ -142,4 +142,4 @@ class RAEDecoder(nn.Module):
 
     def decode(self, tokens: Tensor) -> Tensor:
         """tokens (B, N, C) → image (B, 3, p_d·G, p_d·G) in encoder-normalised pixel space."""
-        return self.unpatchify(self.forward(tokens))
+        return self.unpatchify(self(tokens))  # through __call__: a compiled decoder (nn.Module.compile) is used

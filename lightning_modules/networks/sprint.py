@@ -125,9 +125,12 @@ class SprintDiT(DiT):
                 ids_keep = random_keep_ids(b, n, sp.num_keep(n), x.device, generator)
             if path_drop is None:  # one draw for the whole batch (official; broadcast over ranks)
                 path_drop = torch.rand(1, device=x.device, generator=generator)[0] < sp.path_drop_prob
-        dropped = bool(uncond) or (path_drop is not None and bool(path_drop))
+        # a tensor decision (training draws one) stays a tensor: branching on its value would split a compiled
+        # graph (torch.compile), so the training replacement below is a torch.where with the same values
+        decided = path_drop if isinstance(path_drop, Tensor) else None
+        dropped = bool(uncond) or (decided is None and bool(path_drop))
         mask = self.mask_token.to(x_enc.dtype).expand(b, n, d)
-        if dropped and not self.training:
+        if not self.training and (dropped or (decided is not None and bool(decided))):
             g_pad = mask  # inference path drop: the sparse path's output is never used
         else:
             if ids_keep is None:
@@ -143,8 +146,11 @@ class SprintDiT(DiT):
                 g_pad = g
             else:
                 g_pad = mask.scatter(1, ids_keep[..., None].expand(-1, -1, d), g)
-            if dropped:  # training path drop: keep g in the graph (zero grads, DDP-safe) as the official code
+            # training path drop: keep g in the graph (zero grads, DDP-safe) as the official code, g_pad·0 + mask
+            if dropped:
                 g_pad = g_pad * 0 + mask
+            elif decided is not None:
+                g_pad = torch.where(decided, g_pad * 0 + mask, g_pad)
         x = self.fusion_proj(torch.cat([x_enc, g_pad], dim=-1))
         for block in decoder:
             x, _ = block(x, c, rope=rope, v1=v1)

@@ -104,3 +104,25 @@ def test_ema_rejects_bad_arguments_and_mismatched_state():
     ema.load_state_dict({"shadow": {"nope": torch.zeros(1)}, "num_updates": 1})
     with pytest.raises(KeyError, match="missing"):
         ema.swap_in(ToyRecipe())
+
+
+def test_ema_update_is_one_multi_tensor_lerp_with_the_per_tensor_result(monkeypatch):
+    """One ``torch._foreach_lerp_`` over every shadow tensor per update — not a Python loop of kernels — giving the
+    per-tensor θ_ema.lerp_(θ, 1 − d) bit for bit (the update's definition, warm-up decays included)."""
+    module, ema = ToyRecipe(), EMA(decay=0.9, warmup=True)
+    ema.on_fit_start(None, module)
+    reference = {n: p.detach().clone() for n, p in module.net.named_parameters()}
+    calls = []
+    real = torch._foreach_lerp_
+    monkeypatch.setattr(torch, "_foreach_lerp_", lambda shadows, *a: calls.append(len(shadows)) or real(shadows, *a))
+    generator = torch.Generator().manual_seed(0)
+    for n in range(4):
+        with torch.no_grad():
+            for p in module.net.parameters():
+                p.add_(torch.randn(p.shape, generator=generator))
+        ema.update(module)
+        decay = min(0.9, (1 + n) / (10 + n))
+        for name, p in module.net.named_parameters():
+            reference[name].lerp_(p.detach(), 1 - decay)
+    assert calls == [len(reference)] * 4
+    assert all(torch.equal(ema.full_state(module)[k], v) for k, v in reference.items())

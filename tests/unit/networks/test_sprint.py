@@ -95,6 +95,29 @@ def test_path_drop_train_equals_uncond_eval_and_keeps_graph():
     assert not torch.allclose(net.eval()(x, t, y, cls_token=cls).velocity, ref.velocity)
 
 
+@pytest.mark.parametrize("drop", [False, True])
+def test_a_tensor_path_drop_decision_equals_the_python_one_without_a_graph_break(drop: bool):
+    """The decision SRDiT draws is a 0-dim bool tensor: the same values and gradients as the Python bool (bit for
+    bit), and no graph break for torch.compile (``bool(tensor)`` used to split SR-DiT's training graph)."""
+    x, t, y, cls = _inputs()
+    ids = torch.stack([torch.randperm(17, generator=torch.Generator().manual_seed(i))[:4] for i in range(3)])
+    import copy
+
+    base, results = _net().train(), []
+    for decision in (drop, torch.tensor(drop)):
+        net = copy.deepcopy(base)
+        out = net(x, t, y, cls_token=cls, force_drop=torch.zeros(3, dtype=torch.bool), ids_keep=ids,
+                  path_drop=decision)
+        (out.velocity.square().mean() + out.cls_velocity.square().mean()).backward()
+        results.append((out.velocity, [p.grad for p in net.parameters()]))
+    (a, grads_a), (b, grads_b) = results
+    assert torch.equal(a, b)
+    assert all((g is None and h is None) or torch.equal(g, h) for g, h in zip(grads_a, grads_b))
+    explained = torch._dynamo.explain(base)(x, t, y, cls_token=cls, force_drop=torch.zeros(3, dtype=torch.bool),
+                                          ids_keep=ids, path_drop=torch.tensor(drop))
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
 def test_training_draws_are_generator_driven():
     net = _net().train()
     x, t, y, cls = _inputs()
