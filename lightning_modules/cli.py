@@ -99,8 +99,8 @@ class SpeedrunCLI(LightningCLI):
         init_args = model.get("init_args") if model is not None else None
         if configured and init_args is not None:
             given = init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args)
-            # how the run is laid out on devices never conflicts; evaluation runs may sample differently
-            ignored = {"sharding", *getattr(_import_class(configured), "weight_loading_args", ())}
+            # how the run is laid out on devices or compiled never conflicts; evaluation runs may sample differently
+            ignored = {"sharding", "compile", *getattr(_import_class(configured), "weight_loading_args", ())}
             if subcommand != "fit":
                 ignored.add("sampling")
             conflicts = model_conflicts(checkpoint.get("hyper_parameters") or {}, given, ignored)

@@ -194,6 +194,12 @@ class RAEStage1(GANRecipe):
             raise ValueError("RAEStage1 trains the decoder and the discriminator heads without sharding: use data "
                              "parallelism (trainer.strategy: ddp, configs/scale/ddp_8gpu.yaml), not "
                              "ModelParallelStrategy / FSDP2 (the sharding group is accepted only so add-ons compose)")
+        if self.compile_config.enabled:
+            # the adaptive weight differentiates the decoder's graph twice (retain_graph), which a compiled
+            # backward with donated buffers refuses (seen under DDP); donation only saves memory
+            import torch._functorch.config as functorch_config
+
+            functorch_config.donated_buffer = False
         super().configure_model()  # one device / DDP: the compile group
 
     # ---------------------------------------------------------------- losses

@@ -23,6 +23,10 @@ RECIPES = {
     "rae_stage1": ("configs/rae/tiny_cpu_stage1.yaml", []),
     "speeddiff": ("configs/speeddiff/tiny_cpu.yaml", ["--model.init_args.depth=2", "--model.init_args.repa_depth=1"]),
 }
+# compile group on (inductor, the whole denoiser / decoder and the frozen encoders; DDP splits the graphs at its
+# buckets); fused AdamW is the default kernel of every run here
+COMPILED = {f"{name}_compiled": (config, [*overrides, "--model.init_args.compile.enabled=true"])
+            for name, (config, overrides) in RECIPES.items()}
 
 
 def with_warmup(config: str, tmp_path: Path) -> Path:
@@ -37,17 +41,18 @@ def with_warmup(config: str, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+@pytest.mark.parametrize("name", sorted(RECIPES) + sorted(COMPILED))
 def test_ddp_replicas_stay_identical_through_the_gan_warmup(name, tmp_path):
-    config, overrides = RECIPES[name]
+    config, overrides = {**RECIPES, **COMPILED}[name]
     out = tmp_path / "out.pt"
     cmd = [sys.executable, str(LAUNCHERS / "ddp_recipe_run.py"), str(out), str(with_warmup(config, tmp_path)),
            *COMMON, *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900 if name in COMPILED else 300)
     assert proc.returncode == 0 and out.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = torch.load(out, weights_only=True)
     for ranks in (runs["uninterrupted"], runs["resumed"]):
         assert [r["step"] for r in ranks] == [3, 3] and all(r["phase"] == [True, True, True] for r in ranks)
+        assert [r["compiled"] for r in ranks] == [name in COMPILED] * 2
         first, second = ranks[0]["params"], ranks[1]["params"]
         assert first.keys() == second.keys() and any(k.startswith("discriminator.") for k in first)
         for key in first:  # the replicas stay identical

@@ -48,14 +48,18 @@ RECIPES = {
         "--model.init_args.head_hidden_size=32", "--model.init_args.optimizer.schedule=constant",
         "--model.init_args.optimizer.warmup_steps=0"]),
 }
+# the same runs with the compile group on (inductor; FSDP2: each block compiled before its fully_shard, the single
+# process: the whole denoiser) — fused AdamW is the default kernel of every run here
+COMPILED = {f"{name}_compiled": (RECIPES[name][0], [*RECIPES[name][1], "--model.init_args.compile.enabled=true"])
+            for name in ("sit", "srdit")}
 
 
 def _run(name: str, tmp_path: Path) -> dict:
-    config, overrides = RECIPES[name]
+    config, overrides = {**RECIPES, **COMPILED}[name]
     out = tmp_path / "out.pt"
     small = [] if name == "rae_stage2" else SMALL_DATA  # its latent cache is already small
     cmd = [sys.executable, str(LAUNCHERS / "sharded_recipes_run.py"), str(out), config, *overrides, *small]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900 if name in COMPILED else 300)
     assert proc.returncode == 0 and out.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     return torch.load(out, weights_only=True)
 
@@ -65,13 +69,14 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+@pytest.mark.parametrize("name", sorted(RECIPES) + sorted(COMPILED))
 def test_two_processes_match_one_and_sharded_resume_is_exact(name, tmp_path):
     run = _run(name, tmp_path)
     ref, sharded, resumed = run["reference"], run["sharded"], run["resumed"]
     steps, k = len(ref["losses"][0]), len(ref["losses"][0]) - len(resumed["losses"][0])
     assert sharded["param_type"] == "DTensor" and resumed["param_type"] == "DTensor"  # really sharded
     assert run["checkpoint_is_directory"]  # a distributed checkpoint, not a gathered file
+    assert ref["compiled"] == sharded["compiled"] == resumed["compiled"] == (name in COMPILED)
 
     # (a) 2 processes = 1 process on the same global batch: the global loss is the mean of the ranks' losses
     global_loss = torch.tensor(sharded["losses"]).mean(0)

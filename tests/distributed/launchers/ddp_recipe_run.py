@@ -17,16 +17,18 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from speedrun_diffusion.lightning_modules.cli import build_cli  # noqa: E402
+from speedrun_diffusion.lightning_modules.compilation import is_compiled  # noqa: E402
 from speedrun_diffusion.lightning_modules.process_group import leave_process_group  # noqa: E402
 
 
 def gathered_state(cli) -> list:
-    """Every rank's trained parameters, step and GAN phase (collective)."""
+    """Every rank's trained parameters, step, GAN phase and whether any network runs compiled (collective)."""
     module = cli.model
     state = {k: v.detach().clone() for k, v in module.named_parameters() if v.requires_grad}
     out = [None] * 2
     torch.distributed.all_gather_object(out, {"params": state, "step": cli.trainer.global_step,
-                                              "phase": [bool(v) for v in vars(module.gan_phase).values()]})
+                                              "phase": [bool(v) for v in vars(module.gan_phase).values()],
+                                              "compiled": any(is_compiled(m) for m in module.modules())})
     return out
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from speedrun_diffusion.callbacks.checkpointing import AtomicModelCheckpoint  # noqa: E402
 from speedrun_diffusion.callbacks.ema import EMA  # noqa: E402
 from speedrun_diffusion.lightning_modules.cli import build_cli  # noqa: E402
+from speedrun_diffusion.lightning_modules.compilation import is_compiled  # noqa: E402
 from speedrun_diffusion.lightning_modules.process_group import leave_process_group  # noqa: E402
 from speedrun_diffusion.lightning_modules.recipe import decorrelate_rank_rng  # noqa: E402
 from tests.helpers.toy_recipe import full_parameters  # noqa: E402
@@ -168,6 +169,7 @@ def summary(module: L.LightningModule, record: Record, ema: EMA | None, world: i
     return {"losses": losses, "labels": labels, "params": {**params, **buffers},
             "ema": ema.full_state(module) if ema is not None else None,
             "param_type": type(next(module.net.parameters())).__name__, "guided": autoguided_samples(module),
+            "compiled": any(is_compiled(m) for m in module.net.modules()),
             "gan_phase": [bool(v) for v in vars(module.gan_phase).values()] if hasattr(module, "gan_phase") else None}
 
 
