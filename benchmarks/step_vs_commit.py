@@ -216,20 +216,13 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # ===================================================================================================== parent side
-def matmul_peak_tflops(dtype_name: str, threads: int, n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` n³ matmul throughput in this process (``threads`` threads)."""
+def matmul_peak_tflops(dtype_name: str, threads: int) -> float:
+    """This machine's practical matmul peak in ``dtype_name`` with ``threads`` threads (``timing.py``)."""
     import torch
+    from timing import matmul_peak_tflops as best_matmul  # benchmarks/timing.py
 
     torch.set_num_threads(threads)
-    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e12
+    return best_matmul(torch.bfloat16 if dtype_name == "bf16" else torch.float32)
 
 
 class Worker:
