@@ -75,6 +75,7 @@ class NonFiniteGuard:
         self.skipped = 0
         self.consecutive = 0
         self.step_skipped = False  # an update of the current training step was skipped
+        self._norm: tuple[list[int], torch.Tensor] | None = None  # the last finite check's gradients and norm
 
     def check(self, module: Any, losses: Mapping[str, Tensor]) -> bool:
         """True if every floating loss term is finite on every rank; otherwise raise or (skip) warn, count the
@@ -106,6 +107,7 @@ class NonFiniteGuard:
         if trainer is not None and trainer.world_size > 1:
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
+            self._norm = ([id(g) for g in grads], norm) if norm is not None else None
             return True
         names = {id(p): n for n, p in module.named_parameters()}
         broken = [names.get(id(p), "?") for p, g in zip(params, grads) if not bool(torch.isfinite(g).all())]
@@ -113,6 +115,15 @@ class NonFiniteGuard:
         self._skip(module, f"non-finite gradient(s) of {listed} (global norm {float(norm)})" if broken
                    else "a non-finite gradient on another rank")
         return False
+
+    def take_gradient_norm(self, parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor | None:
+        """The global norm ``check_gradients`` computed, if it was computed over exactly the current gradients of
+        ``parameters`` (then clipping need not compute it again); None otherwise. Each norm is handed out once."""
+        stored, self._norm = self._norm, None
+        if stored is None:
+            return None
+        ids, norm = stored
+        return norm if [id(p.grad) for p in parameters if p.grad is not None] == ids else None
 
     def _skip(self, module: Any, what: str) -> None:
         """Raise (policy "raise") or warn, count the skipped update and mark the current step as skipped."""

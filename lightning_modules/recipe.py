@@ -488,11 +488,18 @@ class DiffusionRecipe(L.LightningModule):
 
         plugin = self.trainer.precision_plugin
         inner = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+        value = (self.trainer.gradient_clip_val or 0.0) if gradient_clip_val is None else gradient_clip_val
+        algorithm = (gradient_clip_algorithm or self.trainer.gradient_clip_algorithm or "norm").lower()
+        params = [p for group in inner.param_groups for p in group["params"]]
+        # the non-finite check has just computed this global norm (unsharded gradients, no scaler): clip with it,
+        # exactly as clip_grad_norm_ would, instead of a second pass over every gradient
+        norm = self.nonfinite_guard.take_gradient_norm(params) if self.device_mesh is None else None
+        if value > 0 and algorithm == "norm" and norm is not None and getattr(plugin, "scaler", None) is None:
+            torch.nn.utils.clip_grads_with_norm_(params, value, norm)
+            return
         if not (isinstance(plugin, MixedPrecision) and getattr(inner, "_step_supports_amp_scaling", False)):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        value = (self.trainer.gradient_clip_val or 0.0) if gradient_clip_val is None else gradient_clip_val
-        algorithm = (gradient_clip_algorithm or self.trainer.gradient_clip_algorithm or "norm").lower()
         if value <= 0:
             return
         if plugin.scaler is not None:

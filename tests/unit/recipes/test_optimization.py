@@ -114,3 +114,41 @@ def test_lightning_clips_the_fused_kernel_under_mixed_precision(precision: str):
     L.Trainer(**trainer_args, callbacks=[norms]).fit(
         tiny(optimizer={"lr": 2e-3, "grad_clip": 1e-3}), train_dataloaders=DataLoader([images(4)] * 2, batch_size=None))
     assert len(norms.norms) == 4 and all(n <= 1e-3 * (1 + 1e-3) for n in norms.norms)  # generator + discriminator
+
+
+class ClipProbe(L.Callback):
+    """The gradients as backward left them (before the recipe's checks) and as the optimizer receives them."""
+
+    def __init__(self) -> None:
+        self.raw, self.clipped = [], []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.raw.append([p.grad.clone() for p in pl_module.parameters() if p.grad is not None])
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        trainer.optimizers[0].register_step_post_hook(lambda opt, *_: self.clipped.append(  # AdamW leaves .grad
+            [p.grad.clone() for p in pl_module.parameters() if p.grad is not None]))
+
+
+def test_clipping_reuses_the_norm_of_the_nonfinite_check_and_equals_clip_grad_norm(monkeypatch):
+    """One pass over the gradients per step: clipping takes the global norm the non-finite check computed, and the
+    clipped gradients equal torch.nn.utils.clip_grad_norm_'s bit for bit."""
+    from torch.utils.data import DataLoader
+
+    def second_pass(*args, **kwargs):
+        raise AssertionError("clip_grad_norm_ recomputed the gradient norm")
+
+    batch = {"image": torch.randn(4, 3, 8, 8), "label": torch.tensor([0, 1, 2, 3])}
+    probe = ClipProbe()
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.nn.utils, "clip_grad_norm_", second_pass)
+        L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                  enable_checkpointing=False, gradient_clip_val=1e-3, callbacks=[probe]).fit(
+            tiny_sit(), train_dataloaders=DataLoader([batch] * 2, batch_size=None))
+    assert len(probe.raw) == len(probe.clipped) == 2
+    for raw, clipped in zip(probe.raw, probe.clipped):
+        params = [torch.nn.Parameter(torch.zeros_like(g)) for g in raw]
+        for p, g in zip(params, raw):
+            p.grad = g.clone()
+        torch.nn.utils.clip_grad_norm_(params, 1e-3)
+        assert all(torch.equal(p.grad, c) for p, c in zip(params, clipped))
