@@ -28,10 +28,15 @@ excluded), then take turns, the order alternating every round: ``--rounds`` roun
 (images/s, > 1 is faster). Wall time decides; CPU time of the process (``cpu ratio``) is printed beside it, a check
 on a shared machine where the wall clock also counts the other users' work.
 
+The working tree's workers keep freed host memory as ``speedrun-diffusion`` does on CPU
+(``lightning_modules/host_memory.py``; 8b0cc2d has no such setting, its workers run with glibc's defaults).
+
 Beside every time: the model FLOPs of the step / sample (``torch.utils.flop_counter`` on REV's eager step: the same
 math on both sides; bf16 counts the explicit CPU attention matmuls), their rate as % of this machine's matmul peak
 in the row's dtype (best 2048³ matmul, measured in this run before and after the rows), and each process's peak
-RSS (``ru_maxrss``; a compile's worker processes are not counted).
+RSS (``ru_maxrss``; a compile's worker processes are not counted). ``ratio at 100 % peak`` = the base's % of the
+peak / 100 and ``sampling x at 100 % peak`` = 100 / the base's %: the best ratio and speed-up any code could reach
+for the row's model FLOPs on this machine.
 """
 from __future__ import annotations
 
@@ -87,8 +92,12 @@ def import_tree(tree: Path, shim_dir: Path) -> dict:
     origin = Path(recipes.__file__).resolve()
     if tree.resolve() not in origin.parents:
         raise RuntimeError(f"imported {origin}, which is not in {tree}")
+    try:  # the host-memory setting speedrun-diffusion applies on CPU (trees after 8b0cc2d)
+        keep = importlib.import_module(prefix + "lightning_modules.host_memory").keep_freed_host_memory
+    except ImportError:
+        keep = None
     return {"layout": layout, "SRDiT": recipes.SRDiT, "RAEStage2": recipes.RAEStage2, "EMA": callbacks.EMA,
-            "origin": str(origin)}
+            "origin": str(origin), "keep_freed_host_memory": keep}
 
 
 # --tiny (a smoke test of the script, not a measurement): the same recipes with a few narrow blocks
@@ -188,12 +197,14 @@ def worker(args: argparse.Namespace) -> None:
     sys.stdout = sys.stderr  # library prints must not mix with the protocol
     with tempfile.TemporaryDirectory() as shim:
         api = import_tree(Path(args.tree), Path(shim))
+        host_memory = bool(api["keep_freed_host_memory"] and api["keep_freed_host_memory"]())
         start = time.perf_counter()
         side = Side(api, args.network, args.batch, args.precision, args.compile == "on", args.sample_steps, args.tiny)
         for _ in range(args.warmup):
             side.step()
         side.sample()
-        reply = {"ready": True, "origin": api["origin"], "layout": api["layout"], "warmup_s": time.perf_counter() - start,
+        reply = {"ready": True, "origin": api["origin"], "layout": api["layout"], "host_memory_kept": host_memory,
+                 "warmup_s": time.perf_counter() - start,
                  "optimizer": type(side.optimizer).__name__ + str({k: side.optimizer.defaults.get(k)
                                                                    for k in ("fused", "foreach")})}
         if args.count_flops:
@@ -307,6 +318,7 @@ def run_row(row: tuple[str, int, str], base_tree: Path, args: argparse.Namespace
         "max_rss_mb": rss,
         "warmup_s": {k: v["warmup_s"] for k, v in ready.items()},
         "optimizer": {k: v["optimizer"] for k, v in ready.items()},
+        "host_memory_kept": {k: v["host_memory_kept"] for k, v in ready.items()},
         "rounds_ms": {k: [[1e3 * t for t in r] for r in v] for k, v in rounds.items()},
     }
 
@@ -399,19 +411,22 @@ def main() -> None:
         r["step_pct_peak"] = {k: 100 * r["step_gflops"] / 1e3 / (v / 1e3) / peak for k, v in r["step_ms"].items()}
         sample_s = {k: r["batch"] / v for k, v in r["images_per_s"].items()}
         r["sample_pct_peak"] = {k: 100 * r["sample_gflops"] / 1e3 / v / peak for k, v in sample_s.items()}
+        # the best any tree could do: its step / sample at 100 % of the matmul peak, against the base as measured
+        r["step_ratio_floor"] = r["step_pct_peak"]["base"] / 100
+        r["sampling_speedup_ceiling"] = 100 / r["sample_pct_peak"]["base"]
     from tables import print_table  # benchmarks/tables.py
 
     print(f"\nmatmul peak (best 2048³, {args.threads} threads): fp32 {peaks['fp32']:.3f}, bf16 {peaks['bf16']:.3f} "
           "TFLOP/s; tree = working tree, base = " + rev)
     header = ["network", "batch", "precision", "step ms tree", "step ms base", "ratio", "cpu ratio", "GFLOPs/step",
-              "% peak tree", "% peak base", "RSS MB tree", "RSS MB base", "img/s tree", "img/s base", "sampling x",
-              "% peak tree (sample)", "% peak base (sample)"]
+              "% peak tree", "% peak base", "ratio at 100 % peak", "RSS MB tree", "RSS MB base", "img/s tree",
+              "img/s base", "sampling x", "% peak tree (sample)", "% peak base (sample)", "sampling x at 100 % peak"]
     table = [[r["network"], r["batch"], r["precision"], f"{r['step_ms']['tree']:.0f}", f"{r['step_ms']['base']:.0f}",
               f"{r['step_time_ratio']:.3f}", f"{r['step_cpu_ratio']:.3f}", f"{r['step_gflops']:.1f}",
-              f"{r['step_pct_peak']['tree']:.1f}", f"{r['step_pct_peak']['base']:.1f}",
+              f"{r['step_pct_peak']['tree']:.1f}", f"{r['step_pct_peak']['base']:.1f}", f"{r['step_ratio_floor']:.3f}",
               f"{r['max_rss_mb']['tree']:.0f}", f"{r['max_rss_mb']['base']:.0f}", f"{r['images_per_s']['tree']:.2f}",
               f"{r['images_per_s']['base']:.2f}", f"{r['sampling_speedup']:.2f}", f"{r['sample_pct_peak']['tree']:.1f}",
-              f"{r['sample_pct_peak']['base']:.1f}"] for r in results]
+              f"{r['sample_pct_peak']['base']:.1f}", f"{r['sampling_speedup_ceiling']:.2f}"] for r in results]
     print_table(header, table, markdown=True)
     if args.json:
         print(json.dumps(results))

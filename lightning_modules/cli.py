@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from speedrun_diffusion.lightning_modules.host_memory import keep_freed_host_memory
 from speedrun_diffusion.lightning_modules.process_group import leave_process_group
 from speedrun_diffusion.lightning_modules.weights import (
     CheckpointMismatchError,
@@ -46,7 +48,8 @@ from speedrun_diffusion.lightning_modules.weights import (
 
 class SpeedrunCLI(LightningCLI):
     """LightningCLI whose checkpoint loading defaults to ``weights_only=True`` (safe loading), whose ``--ckpt_path
-    last`` is the run's own ``last.ckpt``, and which refuses a checkpoint the config contradicts (module docstring)."""
+    last`` is the run's own ``last.ckpt``, which refuses a checkpoint the config contradicts (module docstring), and
+    which keeps freed host memory for the next step when the trainer runs on CPU (``host_memory.py``)."""
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -56,6 +59,8 @@ class SpeedrunCLI(LightningCLI):
             # Lightning leaves None to torch, whose default an environment variable can turn off
             if "weights_only" in arguments and arguments["weights_only"] is None:
                 arguments["weights_only"] = True
+        if isinstance(self.trainer.accelerator, CPUAccelerator):
+            keep_freed_host_memory()  # no page faults per step (host_memory.py)
 
     def before_fit(self) -> None:
         """Refuse a fit into a checkpoint folder of another run before anything is written (the logger's folder,

@@ -27,6 +27,7 @@ import torch
 from speedrun_diffusion.callbacks.image_protocol import balanced_labels, nchw_to_nhwc, quantize, write_npz
 from speedrun_diffusion.callbacks.samples import image_grid
 from speedrun_diffusion.lightning_modules import diffusion
+from speedrun_diffusion.lightning_modules.host_memory import keep_freed_host_memory
 from speedrun_diffusion.lightning_modules.process_group import leave_process_group
 from speedrun_diffusion.lightning_modules.rae_stage1 import RAEStage1
 from speedrun_diffusion.lightning_modules.serving import load_pretrained, save_pretrained
@@ -125,6 +126,8 @@ def run(argv: list[str]) -> Path:
     if world > 1:
         torch.distributed.barrier()
 
+    if device.type == "cpu":
+        keep_freed_host_memory()  # no page faults per sampler step (host_memory.py)
     model = load_pretrained(args.ckpt_path, use_ema=not args.raw_weights, map_location=device)
     if isinstance(model, RAEStage1):
         raise SystemExit("speedrun-diffusion sample: error: RAEStage1 is an autoencoder (it reconstructs images); "

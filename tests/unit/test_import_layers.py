@@ -1,7 +1,7 @@
 """The library's layers only import downward (DESIGN "Layout"), with no cycle, read from the source (AST): every
 ``import`` statement counts, function-level ones included, so no cycle can hide behind an import inside a function.
 
-    weights, process_group → blocks, datamodules → networks, flops → diffusion → losses → checkpoints
+    weights, process_group, host_memory → blocks, datamodules → networks, flops → diffusion → losses → checkpoints
     → recipes → callbacks → cli
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ PACKAGES = ("lightning_modules", "callbacks", "datamodules")
 LAYERS: dict[str, int] = {
     "lightning_modules.weights": 0,
     "lightning_modules.process_group": 0,
+    "lightning_modules.host_memory": 0,
     "lightning_modules.blocks": 1,
     "datamodules": 1,
     "lightning_modules.networks": 2,
