@@ -20,6 +20,8 @@ An explicit file and ``last`` are then treated alike: read safely (with the conf
 refused if another recipe than the configured ``model.class_path`` wrote it, and refused if the configured
 ``model.init_args`` contradict the hyper-parameters stored in it, naming the keys (LightningCLI would
 otherwise replace the ``--model`` overrides with the checkpoint's silently).
+
+With a CPU trainer the process keeps the host memory a step frees for the next one (``host_memory.py``).
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ and device over every tensor, ``torch.optim.AdamW(fused=True)``), "foreach" (mul
 op per tensor). "auto" takes fused wherever torch has the kernel for the parameters at hand (CPU, CUDA, ...; FSDP2
 DTensor shards included, whose local shards it updates), else foreach where torch has those kernels, else the loop.
 At batch 2 of SR-DiT-B/1 the per-tensor loop was most of a CPU training step (docs/benchmarks.md); fused and loop
-agree to float rounding (``tests/unit/recipes/test_optimization.py``).
+agree to float rounding (``tests/unit/recipes/test_optimization.py``). ``clip_grads_to_norm_`` clips the gradients
+by a global norm already computed (the non-finite check's), as ``clip_grad_norm_`` would.
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-__all__ = ["AdamWImplementation", "LRSchedule", "OptimizerConfig", "adamw", "adamw_implementation", "hold_linear_factor",
-           "lr_factor", "scheduled", "steps_per_epoch", "warmup_schedule_factor"]
+__all__ = ["AdamWImplementation", "LRSchedule", "OptimizerConfig", "adamw", "adamw_implementation",
+           "clip_grads_to_norm_", "hold_linear_factor", "lr_factor", "scheduled", "steps_per_epoch",
+           "warmup_schedule_factor"]
 
 LRSchedule = Literal["constant", "cosine", "hold_linear"]
 AdamWImplementation = Literal["auto", "fused", "foreach", "for-loop"]
@@ -119,6 +121,17 @@ def adamw(params: Iterable[nn.Parameter], cfg: OptimizerConfig, discriminator: b
     kernel = adamw_implementation(params, cfg.implementation)
     flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[kernel]
     return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=cfg.weight_decay, eps=cfg.eps, **flags)
+
+
+def clip_grads_to_norm_(parameters: Iterable[nn.Parameter], max_norm: float, total_norm: torch.Tensor) -> None:
+    """Gradient-norm clipping given the global norm ``total_norm`` of the gradients of ``parameters``: torch's
+    ``clip_grads_with_norm_`` (the second half of ``clip_grad_norm_``: g ← g · min(1, max_norm / (‖g‖ + 1e-6))),
+    except that it reads the coefficient first and leaves the gradients alone when it is 1 — the same gradients bit
+    for bit (x · 1.0 = x), without a pass over all of them. The norm is on the host already when the non-finite
+    check has just looked at it, so that costs no extra device wait."""
+    if bool(max_norm / (total_norm + 1e-6) >= 1.0):  # torch's coefficient, before its clamp to 1
+        return
+    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm)
 
 
 def warmup_schedule_factor(step: int, warmup_steps: int, total_steps: int | None, schedule: str,

@@ -42,7 +42,7 @@ from speedrun_diffusion.lightning_modules.nonfinite import (
     NonFiniteLossError,
     check_checkpoint_finite,
 )
-from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig, adamw, scheduled
+from speedrun_diffusion.lightning_modules.optimization import OptimizerConfig, adamw, clip_grads_to_norm_, scheduled
 from speedrun_diffusion.lightning_modules.rng_state import capture_rng_states, decorrelate_rank_rng, restore_rng_states
 from speedrun_diffusion.lightning_modules.sharding import ShardingConfig, fully_shard_recipe
 from speedrun_diffusion.lightning_modules.weights import CheckpointMismatchError
@@ -492,10 +492,10 @@ class DiffusionRecipe(L.LightningModule):
         algorithm = (gradient_clip_algorithm or self.trainer.gradient_clip_algorithm or "norm").lower()
         params = [p for group in inner.param_groups for p in group["params"]]
         # the non-finite check has just computed this global norm (unsharded gradients, no scaler): clip with it,
-        # exactly as clip_grad_norm_ would, instead of a second pass over every gradient
+        # exactly as clip_grad_norm_ would, instead of a second pass over every gradient (none when below max_norm)
         norm = self.nonfinite_guard.take_gradient_norm(params) if self.device_mesh is None else None
         if value > 0 and algorithm == "norm" and norm is not None and getattr(plugin, "scaler", None) is None:
-            torch.nn.utils.clip_grads_with_norm_(params, value, norm)
+            clip_grads_to_norm_(params, value, norm)
             return
         if not (isinstance(plugin, MixedPrecision) and getattr(inner, "_step_supports_amp_scaling", False)):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)

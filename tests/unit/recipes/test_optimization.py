@@ -130,25 +130,32 @@ class ClipProbe(L.Callback):
             [p.grad.clone() for p in pl_module.parameters() if p.grad is not None]))
 
 
-def test_clipping_reuses_the_norm_of_the_nonfinite_check_and_equals_clip_grad_norm(monkeypatch):
+@pytest.mark.parametrize("max_norm", [1e-3, 1e6], ids=["clipped", "below-max-norm"])
+def test_clipping_reuses_the_norm_of_the_nonfinite_check_and_equals_clip_grad_norm(monkeypatch, max_norm: float):
     """One pass over the gradients per step: clipping takes the global norm the non-finite check computed, and the
-    clipped gradients equal torch.nn.utils.clip_grad_norm_'s bit for bit."""
+    clipped gradients equal torch.nn.utils.clip_grad_norm_'s bit for bit; below max_norm no pass at all."""
     from torch.utils.data import DataLoader
 
     def second_pass(*args, **kwargs):
         raise AssertionError("clip_grad_norm_ recomputed the gradient norm")
 
+    def multiply_by_one(*args, **kwargs):
+        raise AssertionError("the gradients were multiplied by a clip coefficient of 1")
+
     batch = {"image": torch.randn(4, 3, 8, 8), "label": torch.tensor([0, 1, 2, 3])}
     probe = ClipProbe()
     with monkeypatch.context() as patch:
         patch.setattr(torch.nn.utils, "clip_grad_norm_", second_pass)
+        if max_norm > 1:
+            patch.setattr(torch.nn.utils, "clip_grads_with_norm_", multiply_by_one)
         L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                  enable_checkpointing=False, gradient_clip_val=1e-3, callbacks=[probe]).fit(
+                  enable_checkpointing=False, gradient_clip_val=max_norm, callbacks=[probe]).fit(
             tiny_sit(), train_dataloaders=DataLoader([batch] * 2, batch_size=None))
     assert len(probe.raw) == len(probe.clipped) == 2
     for raw, clipped in zip(probe.raw, probe.clipped):
         params = [torch.nn.Parameter(torch.zeros_like(g)) for g in raw]
         for p, g in zip(params, raw):
             p.grad = g.clone()
-        torch.nn.utils.clip_grad_norm_(params, 1e-3)
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
         assert all(torch.equal(p.grad, c) for p, c in zip(params, clipped))
+        assert (max_norm > 1) == all(torch.equal(g, c) for g, c in zip(raw, clipped))
