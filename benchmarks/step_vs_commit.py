@@ -28,8 +28,9 @@ excluded), then take turns, the order alternating every round: ``--rounds`` roun
 (images/s, > 1 is faster). Wall time decides; CPU time of the process (``cpu ratio``) is printed beside it, a check
 on a shared machine where the wall clock also counts the other users' work.
 
-The working tree's workers keep freed host memory as ``speedrun-diffusion`` does on CPU
-(``lightning_modules/host_memory.py``; 8b0cc2d has no such setting, its workers run with glibc's defaults).
+The workers keep freed host memory as ``speedrun-diffusion`` does on CPU (``lightning_modules/host_memory.py``) when
+their tree has that setting (8b0cc2d has not: glibc's defaults); ``--tree-host-memory off`` / ``--base-host-memory
+off`` leave it out, so ``--baseline HEAD --base-host-memory off`` measures what it alone is worth.
 
 Beside every time: the model FLOPs of the step / sample (``torch.utils.flop_counter`` on REV's eager step: the same
 math on both sides; bf16 counts the explicit CPU attention matmuls), their rate as % of this machine's matmul peak
@@ -197,7 +198,8 @@ def worker(args: argparse.Namespace) -> None:
     sys.stdout = sys.stderr  # library prints must not mix with the protocol
     with tempfile.TemporaryDirectory() as shim:
         api = import_tree(Path(args.tree), Path(shim))
-        host_memory = bool(api["keep_freed_host_memory"] and api["keep_freed_host_memory"]())
+        keep = api["keep_freed_host_memory"] if args.host_memory == "on" else None
+        host_memory = bool(keep and keep())
         start = time.perf_counter()
         side = Side(api, args.network, args.batch, args.precision, args.compile == "on", args.sample_steps, args.tiny)
         for _ in range(args.warmup):
@@ -240,12 +242,13 @@ class Worker:
     """A side's process and its line protocol."""
 
     def __init__(self, name: str, tree: Path, row: tuple[str, int, str], args: argparse.Namespace, compile_on: bool,
-                 count_flops: bool) -> None:
+                 count_flops: bool, host_memory: str = "on") -> None:
         network, batch, precision = row
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--tree", str(tree), "--network", network,
                    "--batch", str(batch), "--precision", precision, "--threads", str(args.threads), "--warmup",
                    str(args.warmup), "--sample-steps", str(args.sample_steps), "--compile",
-                   "on" if compile_on else "off"] + (["--count-flops"] if count_flops else []) + \
+                   "on" if compile_on else "off", "--host-memory", host_memory] + \
+                  (["--count-flops"] if count_flops else []) + \
                   (["--tiny"] if args.tiny else [])
         self.name = name
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -278,8 +281,8 @@ def median(values: list[float]) -> float:
 
 def run_row(row: tuple[str, int, str], base_tree: Path, args: argparse.Namespace) -> dict:
     """Both sides of one row, alternating; the row's numbers."""
-    sides = {"tree": Worker("working-tree", ROOT, row, args, args.compile == "on", count_flops=False),
-             "base": Worker("baseline", base_tree, row, args, False, count_flops=True)}
+    sides = {"tree": Worker("working-tree", ROOT, row, args, args.compile == "on", False, args.tree_host_memory),
+             "base": Worker("baseline", base_tree, row, args, False, True, args.base_host_memory)}
     try:
         ready = {name: w.read() for name, w in sides.items()}
         rounds: dict[str, list[list[float]]] = {"tree": [], "base": []}
@@ -364,6 +367,10 @@ def main() -> None:
     parser.add_argument("--sample-rounds", type=int, default=3, help="alternating timed sample() calls per side")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads of both sides")
     parser.add_argument("--compile", choices=["on", "off"], default="on", help="the working tree's compile group")
+    parser.add_argument("--tree-host-memory", choices=["on", "off"], default="on",
+                        help="the working tree keeps freed host memory (lightning_modules/host_memory.py) or not")
+    parser.add_argument("--base-host-memory", choices=["on", "off"], default="on",
+                        help="the same for REV, if it has host_memory.py (8b0cc2d has not)")
     parser.add_argument("--verbose", action="store_true", help="show the workers' output")
     parser.add_argument("--tiny", action="store_true", help="narrow networks: a smoke test of the script, no measurement")
     # worker side (internal)
@@ -373,6 +380,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--host-memory", default="on", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -394,7 +402,8 @@ def main() -> None:
           flush=True)
     print(f"per row: {args.warmup} warm-up steps + 1 sample, then {args.rounds} alternating rounds × {args.steps} "
           f"steps and {args.sample_rounds} × sample() of {args.sample_steps} steps per side; working tree compile "
-          f"{args.compile}", flush=True)
+          f"{args.compile}; host memory kept: working tree {args.tree_host_memory}, base {args.base_host_memory} "
+          "(if it has host_memory.py)", flush=True)
     results = []
     with checkout(rev) as base_tree:
         for row in rows:
