@@ -3,11 +3,11 @@
 A training step (or a sampler step) allocates and frees the same activations and gradients every time. glibc's
 ``malloc`` gives much of that back to the kernel as soon as it is freed — blocks above its mmap threshold at once, the
 heap's free top above its trim threshold — and the next step faults it in again, the kernel zero-filling every
-4 KiB page. On the 2-core CPU of docs/benchmarks.md the kernel takes 10–25 % of the CPU time of a batch-2 step of
-SR-DiT-B/1 or DiT^DH-S that way (the DDT head's weights, up to 100 MB each, are above any mmap threshold).
-:func:`keep_freed_host_memory` makes glibc serve every block from its heap (no ``mmap`` per block) and never trim
-the heap, so after the first steps a step faults no page in. The peak RSS stays that of the largest step: the heap
-keeps what one step used at once (measured in docs/benchmarks.md).
+4 KiB page. On the 2-core CPU of docs/benchmarks.md ("Host memory") that made the bf16 batch-2 training step of
+SR-DiT-B/1 1.4× and of DiT^DH-S 1.14× slower (the DDT head's weights, up to 100 MB each, are above any mmap
+threshold). :func:`keep_freed_host_memory` makes glibc serve every block from its heap (no ``mmap`` per block) and
+never trim the heap, so after the first steps a step faults no page in; the peak RSS stayed within 2 % (the heap
+holds what one step used at once).
 
 ``speedrun-diffusion fit / validate / test / predict`` call it when the trainer runs on CPU and ``speedrun-diffusion
 sample`` when it samples on CPU; call it once at the start of your own CPU script. It is a process-wide setting of
