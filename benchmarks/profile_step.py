@@ -16,7 +16,9 @@ peak with everything else as it is, and if everything but the matmuls (as they r
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -62,7 +64,9 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(args.threads)
-    api = import_tree(ROOT, Path(tempfile.mkdtemp()))
+    shim = tempfile.mkdtemp()  # the speedrun_diffusion folder of links import_tree makes, removed at exit
+    atexit.register(shutil.rmtree, shim, ignore_errors=True)
+    api = import_tree(ROOT, Path(shim))
     api["keep_freed_host_memory"]()  # as speedrun-diffusion on CPU
     side = Side(api, args.network, args.batch, args.precision, args.compile == "on", args.sample_steps, args.tiny)
     call = side.step if args.what == "step" else side.sample
