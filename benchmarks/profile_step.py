@@ -16,16 +16,12 @@ peak with everything else as it is, and if everything but the matmuls (as they r
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 MATMULS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm")
 GRAPHS = "compiled graphs (rest of wall)"
 CATEGORIES = (  # (category, test on the op name), first match wins
@@ -58,16 +54,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from step_vs_commit import Side, import_tree  # benchmarks/step_vs_commit.py
+    from step_vs_commit import Side, import_this_checkout  # benchmarks/step_vs_commit.py
     from tables import print_table  # benchmarks/tables.py
     from timing import matmul_peak_tflops  # benchmarks/timing.py
     from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(args.threads)
-    shim = tempfile.mkdtemp()  # the speedrun_diffusion folder of links import_tree makes, removed at exit
-    atexit.register(shutil.rmtree, shim, ignore_errors=True)
-    api = import_tree(ROOT, Path(shim))
-    api["keep_freed_host_memory"]()  # as speedrun-diffusion on CPU
+    api = import_this_checkout()  # host memory kept, as speedrun-diffusion on CPU
     side = Side(api, args.network, args.batch, args.precision, args.compile == "on", args.sample_steps, args.tiny)
     call = side.step if args.what == "step" else side.sample
     for _ in range(args.warmup):

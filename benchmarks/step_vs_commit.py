@@ -101,6 +101,21 @@ def import_tree(tree: Path, shim_dir: Path) -> dict:
             "origin": str(origin), "keep_freed_host_memory": keep}
 
 
+def import_this_checkout() -> dict:
+    """``import_tree`` of this script's checkout for a script timing it in its own process (``weight_casts.py``,
+    ``profile_step.py``), with freed host memory kept as ``speedrun-diffusion`` does on CPU; the folder of links is
+    removed at exit."""
+    import atexit
+    import shutil
+
+    shim = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, shim, ignore_errors=True)
+    api = import_tree(ROOT, Path(shim))
+    if api["keep_freed_host_memory"] is not None:
+        api["keep_freed_host_memory"]()
+    return api
+
+
 # --tiny (a smoke test of the script, not a measurement): the same recipes with a few narrow blocks
 TINY = {"srdit_b1": {"depth": 5, "hidden_size": 64, "num_heads": 2},
         "ditdh_s": {"depth": 2, "hidden_size": 64, "num_heads": 2, "head_hidden_size": 768, "head_num_heads": 2}}
@@ -124,9 +139,11 @@ def make_batch(network: str, batch: int):
 
     g = torch.Generator().manual_seed(1234)
     if network == "srdit_b1":
-        return {"latent": torch.randn(batch, 32, 16, 16, generator=g), "label": torch.randint(0, 1000, (batch,), generator=g),
+        return {"latent": torch.randn(batch, 32, 16, 16, generator=g),
+                "label": torch.randint(0, 1000, (batch,), generator=g),
                 "repa_target": torch.nn.functional.normalize(torch.randn(batch, 257, 768, generator=g), dim=-1)}
-    return {"latent": torch.randn(batch, 768, 16, 16, generator=g), "label": torch.randint(0, 1000, (batch,), generator=g)}
+    return {"latent": torch.randn(batch, 768, 16, 16, generator=g),
+            "label": torch.randint(0, 1000, (batch,), generator=g)}
 
 
 class Side:
@@ -372,7 +389,8 @@ def main() -> None:
     parser.add_argument("--base-host-memory", choices=["on", "off"], default="on",
                         help="the same for REV, if it has host_memory.py (8b0cc2d has not)")
     parser.add_argument("--verbose", action="store_true", help="show the workers' output")
-    parser.add_argument("--tiny", action="store_true", help="narrow networks: a smoke test of the script, no measurement")
+    parser.add_argument("--tiny", action="store_true",
+                        help="narrow networks: a smoke test of the script, no measurement")
     # worker side (internal)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tree", help=argparse.SUPPRESS)

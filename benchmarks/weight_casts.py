@@ -15,16 +15,12 @@ peak and the FLOPs of each.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-from step_vs_commit import NETWORKS, Side, import_tree
+from step_vs_commit import NETWORKS, Side, import_this_checkout
 from tables import print_table
 from timing import matmul_peak_tflops, median_seconds
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def matmul_weights(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -63,9 +59,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    api = import_tree(ROOT, Path(tempfile.mkdtemp()))
-    if api["keep_freed_host_memory"] is not None:
-        api["keep_freed_host_memory"]()  # as speedrun-diffusion does on CPU
+    api = import_this_checkout()  # host memory kept, as speedrun-diffusion does on CPU
     print(f"bf16 autocast, {args.threads} threads, {time.strftime('%Y-%m-%d %H:%M')}; % peak against the best 2048³ "
           "bf16 matmul of this run")
     rows = [row(api, n, args.batch, args.compile == "on", args) for n in args.networks]
