@@ -55,7 +55,8 @@ def tolerance(spec: dict, key: str) -> tuple[float, float]:
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, spec: dict, key: str) -> None:
     """|mine − ref| ≤ atol + rtol·|ref| with the key's tolerance; integer tensors must match exactly."""
-    assert tuple(actual.shape) == tuple(expected.shape), f"{key}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
+    assert tuple(actual.shape) == tuple(expected.shape), \
+        f"{key}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
     if not expected.is_floating_point():
         assert torch.equal(actual.to(expected.dtype), expected), key
         return

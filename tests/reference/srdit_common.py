@@ -24,4 +24,5 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, spec: dict, nam
     """The case's elementwise rule |mine − ref| ≤ atol + rtol·|ref|."""
     tol = spec["tolerance"]
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
-    torch.testing.assert_close(actual.float(), expected.float(), atol=tol["atol"], rtol=tol["rtol"], msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(actual.float(), expected.float(), atol=tol["atol"], rtol=tol["rtol"],
+                               msg=lambda m: f"{name}: {m}")

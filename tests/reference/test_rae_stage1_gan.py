@@ -30,6 +30,7 @@ from speedrun_diffusion.lightning_modules.losses.lpips import LPIPS
 from speedrun_diffusion.lightning_modules.networks.discriminators import DINO_RECIPES, DinoDiscriminator
 from speedrun_diffusion.lightning_modules.optimization import warmup_schedule_factor
 from tests.conftest import REFERENCE_DIR, load_case, reference_cases, with_prefix
+from tests.reference.conftest import Executed
 
 AREA = "rae_stage1"
 COUNTS_PATH = REFERENCE_DIR / AREA / "param_counts.json"
@@ -54,7 +55,8 @@ def assert_output(actual: torch.Tensor, spec: dict, data: dict, name: str) -> No
     expected = data[f"output/{name}"]
     actual = actual.detach().reshape(expected.shape) if actual.numel() == expected.numel() else actual
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} vs {tuple(expected.shape)}"
-    torch.testing.assert_close(actual.float(), expected, atol=tol["atol"], rtol=tol["rtol"], msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(actual.float(), expected, atol=tol["atol"], rtol=tol["rtol"],
+                               msg=lambda m: f"{name}: {m}")
 
 
 # ----------------------------------------------------------------------------------------------- builders
@@ -99,7 +101,8 @@ def build_discriminator(disc_config: dict, data: dict, param_prefix: str, tmp_pa
     ckpt = tmp_path / "dino.pth"
     torch.save(with_prefix(data, "ckpt/dino/"), ckpt)
     arch = {**disc_config["arch"], "dino_ckpt_path": str(ckpt)}
-    disc = import_official("rae.discriminator", with_prefix(data, param_prefix), {"arch": arch, "recipe": disc_config["recipe"]})
+    disc = import_official("rae.discriminator", with_prefix(data, param_prefix),
+                           {"arch": arch, "recipe": disc_config["recipe"]})
     assert isinstance(disc, DinoDiscriminator)
     return disc
 
@@ -185,9 +188,10 @@ def test_gan_losses(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", reference_cases(AREA, "lpips"), ids=ids)
-def test_lpips(path: Path) -> None:
+def test_lpips(path: Path, executed: Executed) -> None:
     spec, data = load_case(path)
     model = build_lpips(data, "param/", spec["config"]["vgg_seed"], spec["verification"].get("vgg_checksums"))
+    model = executed(model)
     x, y = data["input/x"], data["input/y"]
     with torch.no_grad():
         layers = model.layer_distances(x, y)
@@ -236,7 +240,8 @@ def generator_losses(recon: torch.Tensor, images: torch.Tensor, lpips: LPIPS, di
     fake_aug = DiffAug(1.0, 0.0)(recon * 2 - 1, data["input/aug_gen_rand_flags"], data["input/aug_gen_rand01"])
     logits = disc(fake_aug)
     return {"rec_loss_l1": l1, "lpips_loss": lp, "recon_total": l1 + perceptual_weight * lp,
-            "fake_aug_generator_step": fake_aug, "logits_fake_generator_step": logits, "gan_loss": vanilla_g_loss(logits)}
+            "fake_aug_generator_step": fake_aug, "logits_fake_generator_step": logits,
+            "gan_loss": vanilla_g_loss(logits)}
 
 
 def aw_setup(path: Path, tmp_path: Path, with_lpips: bool = True) -> tuple[dict, dict, LPIPS | None, DinoDiscriminator]:
@@ -297,7 +302,7 @@ def rae_importer_config(spec: dict, data: dict) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("path", AW_CASES, ids=ids)
-def test_adaptive_weight_generator_step(path: Path, tmp_path: Path) -> None:
+def test_adaptive_weight_generator_step(path: Path, tmp_path: Path, executed: Executed) -> None:
     """One generator step through the RAE (stored noise draws): every loss term, λ from the decoder_pred
     gradients, the total loss and the decoder gradients; then the eval-mode reconstruction and its 8-bit
     quantisation. Without the RAE importer: the same terms from the stored reconstruction."""
@@ -306,7 +311,8 @@ def test_adaptive_weight_generator_step(path: Path, tmp_path: Path) -> None:
         check_generator_step_from_recon(spec, data, lpips, disc)
         return
     loss_cfg, images = spec["config"]["loss"], data["input/images"]
-    rae = import_official("rae.rae", with_prefix(data, "param/rae/"), rae_importer_config(spec, data)).train()
+    rae = executed(import_official("rae.rae", with_prefix(data, "param/rae/"), rae_importer_config(spec, data)).train())
+    lpips = executed(lpips)  # the discriminator stays eager, as RAEStage1 compiles
     latent = rae.encode_unit_range(images, data["input/noise_uniform_u"], data["input/noise_gaussian_n"])
     recon = rae.decode_unit_range(latent)
     assert_output(recon, spec, data, "recon")

@@ -20,6 +20,7 @@ from speedrun_diffusion.lightning_modules.checkpoints.rae_stage1 import (
 from speedrun_diffusion.lightning_modules.networks.rae import RAE, noise_augment
 from speedrun_diffusion.lightning_modules.networks.rae_decoder import RAEDecoder
 from tests.conftest import REFERENCE_DIR, load_case, reference_cases, with_prefix
+from tests.reference.conftest import Executed
 
 RAE_CASES = [p for case in ("rae_encode_decode", "rae_siglip2", "rae_mae") for p in reference_cases("rae_stage1", case)]
 DECODER_CASES = reference_cases("rae_stage1", "decoder_forward")
@@ -81,7 +82,7 @@ def load_rae(path: Path) -> tuple[dict, dict, RAE]:
 
 
 @pytest.mark.parametrize("path", DECODER_CASES, ids=lambda p: p.stem)
-def test_decoder_forward(path: Path) -> None:
+def test_decoder_forward(path: Path, executed: Executed) -> None:
     spec, data = load_case(path)
     cfg = spec["config"]
     official = official_decoder_config(cfg["decoder_config"])
@@ -89,7 +90,7 @@ def test_decoder_forward(path: Path) -> None:
     official.update(cfg["GeneralDecoder_kwargs"])
     dec = import_official("rae.decoder", with_prefix(data, "param/"), official)
     assert isinstance(dec, RAEDecoder)
-    dec.eval()
+    dec = executed(dec.eval())
     with torch.no_grad():
         logits, hidden = dec(data["input/tokens"], return_hidden_states=True)
         small = dec(data["input/tokens_small_grid"])
@@ -103,9 +104,9 @@ def test_decoder_forward(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", RAE_CASES, ids=lambda p: p.stem)
-def test_rae_encode_decode(path: Path) -> None:
+def test_rae_encode_decode(path: Path, executed: Executed) -> None:
     spec, data, rae = load_rae(path)
-    rae.eval()
+    rae = executed(rae.eval())
     image = data["input/image"]
     with torch.no_grad():
         enc_in = rae.preprocess(image)
@@ -161,8 +162,9 @@ def test_encoder_from_local_hf_folder(path: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", NOISE_CASES, ids=lambda p: p.stem)
-def test_noise_augment(path: Path) -> None:
+def test_noise_augment(path: Path, executed: Executed) -> None:
     spec, data, rae = load_rae(path)
+    rae = executed(rae)
     tau = spec["config"].get("noise_tau", spec["config"]["RAE_kwargs"]["noise_tau"])
     assert rae.noise_tau == tau
     noised = noise_augment(data["input/tokens"], tau, data["input/uniform_u"], data["input/gaussian_n"])

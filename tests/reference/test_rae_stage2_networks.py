@@ -12,6 +12,7 @@ from torch import nn
 from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser
 from speedrun_diffusion.lightning_modules.networks.dit import DiT
 from speedrun_diffusion.lightning_modules.networks.ditdh import DiTDH
+from tests.reference.conftest import Executed
 from tests.reference.rae_stage2_common import (  # noqa: F401
     assert_close,
     cases,
@@ -56,10 +57,11 @@ def _record(net: nn.Module) -> tuple[dict[str, torch.Tensor], list]:
 
 
 @pytest.mark.parametrize("path", FORWARD, ids=lambda p: p.stem)
-def test_forward_and_intermediates(path: Path) -> None:
+def test_forward_and_intermediates(path: Path, executed: Executed) -> None:
     spec, data, net, _ = load_rae_case(path)
     assert isinstance(net, DiTDH if spec["source"]["object"].startswith("DiTwDDTHead") else DiT)
     seen, handles = _record(net)
+    net = executed(net)  # the hooks are traced into the compiled graph
     with torch.no_grad():
         out = net(data["input/x"], data["input/t"], data["input/y"])
     for h in handles:
@@ -124,7 +126,8 @@ def test_lightningdit_guidance_helpers(path: Path) -> None:
             if guide is None:
                 out = official_lightningdit_forward_with_cfg(net, x, t, y, scale, intervals, interval_cfg)
             else:
-                out = official_lightningdit_forward_with_autoguidance(net, guide, x, t, y, scale, intervals, interval_cfg)
+                out = official_lightningdit_forward_with_autoguidance(net, guide, x, t, y, scale, intervals,
+                                                                      interval_cfg)
             assert_close(out, data[key], spec, key)
             # the same numbers from GuidedDenoiser with the scale the helper picks (None = no guidance)
             w = official_lightningdit_scale(t[0], scale, intervals, interval_cfg)

@@ -13,10 +13,11 @@ import torch
 from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, TimeSampler, shift_time
 from speedrun_diffusion.lightning_modules.diffusion.rae_flow import RAETransport, rae_sample, rae_shift, rae_time_grid
 from speedrun_diffusion.lightning_modules.losses.rae_transport import rae_transport_loss
+from tests.reference.conftest import Executed
 from tests.reference.rae_stage2_common import assert_close, cases, load_rae_case, one_thread  # noqa: F401
 
 LOSS = cases("transport_loss", "transport_loss_uniform")
-ODE = cases("sampler_ode", "sampler_ode_cfg", "sampler_ode_autoguidance")
+ODE = cases("sampler_ode_cfg", "sampler_ode", "sampler_ode_autoguidance")  # CFG first: the compiled case
 SDE = cases("sampler_sde")
 
 
@@ -38,9 +39,9 @@ def _time_dist(spec: dict) -> tuple[str, float, float]:
 
 
 @pytest.mark.parametrize("path", LOSS, ids=lambda p: p.stem)
-def test_transport_loss(path: Path) -> None:
+def test_transport_loss(path: Path, executed: Executed) -> None:
     spec, data, net, _ = load_rae_case(path)
-    net.train()  # label dropout active: replayed from the recorded decisions
+    net = executed(net.train())  # label dropout active: replayed from the recorded decisions
     kind, mean, std = _time_dist(spec)
     transport = RAETransport(latent_shape=tuple(data["input/x1"].shape[1:]), time_dist=kind, time_mean=mean,
                              time_std=std, shift=_shift(spec))
@@ -75,8 +76,9 @@ def _recording(fn):
 
 
 @pytest.mark.parametrize("path", ODE, ids=lambda p: p.stem)
-def test_ode_sampler(path: Path) -> None:
+def test_ode_sampler(path: Path, executed: Executed) -> None:
     spec, data, net, guide = load_rae_case(path)
+    net, guide = executed(net), executed(guide)
     params = spec["call"]["sampler_params"]
     assert params["sampling_method"] == "euler"
     shift, steps = _shift(spec), params["num_steps"]
@@ -104,7 +106,7 @@ def test_ode_sampler(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", SDE, ids=lambda p: p.stem)
-def test_sde_sampler(path: Path) -> None:
+def test_sde_sampler(path: Path, executed: Executed) -> None:
     spec, data, net, _ = load_rae_case(path)
     params = spec["call"]["sampler_params"]
     if (params["sampling_method"], params["diffusion_form"], params["diffusion_norm"], params["last_step"]) != (
@@ -114,6 +116,7 @@ def test_sde_sampler(path: Path) -> None:
     grid = rae_time_grid(steps, shift, "sde", official=True, last_step_size=last)
     assert_close(grid[:-1], data["output/time_grid"], spec, "output/time_grid")
     z, y = data["input/z"], data["input/y"]
+    net = executed(net)
     velocity, states = _recording(lambda x, t: net(x, t, y))
     final = rae_sample(velocity, z, shift, steps, "sde", official=True, last_step_size=last,
                        step_noise=data["input/step_noise"])

@@ -8,16 +8,17 @@ import torch
 
 from speedrun_diffusion.lightning_modules.networks.invae import INVAE
 from tests.conftest import reference_cases
+from tests.reference.conftest import Executed
 from tests.reference.srdit_common import assert_matches, load_srdit_case
 
 CASES = reference_cases("srdit", "invae_forward")
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
-def test_invae_forward_mode_decode(path: Path) -> None:
+def test_invae_forward_mode_decode(path: Path, executed: Executed) -> None:
     spec, data, vae = load_srdit_case(path, kind="srdit.invae")
     assert isinstance(vae, INVAE)
-    vae.eval()
+    vae = executed(vae.eval())
     x = data["input/x"]
     with torch.no_grad():
         posterior, z, recon = vae(x, noise=data["input/sample_noise"])

@@ -10,15 +10,16 @@ import torch
 from speedrun_diffusion.lightning_modules.diffusion import dimension_shift, shift_time
 from speedrun_diffusion.lightning_modules.losses.srdit_loss import SRDiTLoss
 from tests.conftest import reference_cases
+from tests.reference.conftest import Executed
 from tests.reference.srdit_common import assert_matches, load_srdit_case
 
 CASES = reference_cases("srdit", "loss")
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
-def test_srdit_loss_terms_and_total(path: Path) -> None:
+def test_srdit_loss_terms_and_total(path: Path, executed: Executed) -> None:
     spec, data, net = load_srdit_case(path)
-    net.train()
+    net = executed(net.train())
     loss_cfg, weights = spec["config"]["loss"], spec["config"]["weights"]
     x0 = data["input/x0"]
     s = dimension_shift(x0[0].numel(), loss_cfg["shift_base"])

@@ -36,7 +36,8 @@ def _assert_within(ours: torch.Tensor, ref: torch.Tensor, tol: dict, what: str) 
     err = (ours - ref).abs()
     bound = tol["atol"] + tol["rtol"] * ref.abs()
     assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
-    assert bool((err <= bound).all()), f"{what}: max |err| {err.max().item():.3g}, worst err/bound {(err / bound).max().item():.3g}"
+    assert bool((err <= bound).all()), \
+        f"{what}: max |err| {err.max().item():.3g}, worst err/bound {(err / bound).max().item():.3g}"
 
 
 def _module(spec: dict) -> RoPE2D:

@@ -10,16 +10,17 @@ import torch
 
 from speedrun_diffusion.lightning_modules.diffusion import GuidedDenoiser, dimension_shift, euler_maruyama_sample
 from tests.conftest import reference_cases
+from tests.reference.conftest import Executed
 from tests.reference.srdit_common import assert_matches, load_srdit_case
 
-CASES = [p for case in ("sampler_sde", "sampler_sde_cfg", "sampler_sde_pathdrop_guided")
+CASES = [p for case in ("sampler_sde_cfg", "sampler_sde", "sampler_sde_pathdrop_guided")  # CFG first: compiled
          for p in reference_cases("srdit", case)]
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
-def test_sampler_end_to_end(path: Path) -> None:
+def test_sampler_end_to_end(path: Path, executed: Executed) -> None:
     spec, data, net = load_srdit_case(path)
-    net.eval()
+    net = executed(net.eval())
     sit, cfg = spec["config"]["sit"], spec["config"]["sampler"]
     null = spec["derived"]["null_label"]  # 1000: hard-coded by the official samplers
     latent_dim = sit["in_channels"] * sit["input_size"] ** 2

@@ -11,6 +11,7 @@ import torch
 from speedrun_diffusion.lightning_modules.networks.dit import DiTOutput
 from speedrun_diffusion.lightning_modules.networks.sprint import SprintDiT
 from tests.conftest import reference_cases
+from tests.reference.conftest import Executed
 from tests.reference.srdit_common import assert_matches, load_srdit_case
 
 EVAL = reference_cases("srdit", "sit_forward_eval")
@@ -24,10 +25,10 @@ def _check(out: DiTOutput, data: dict, spec: dict, prefix: str = "") -> None:
 
 
 @pytest.mark.parametrize("path", EVAL, ids=lambda p: p.stem)
-def test_forward_eval_and_uncond(path: Path) -> None:
+def test_forward_eval_and_uncond(path: Path, executed: Executed) -> None:
     spec, data, net = load_srdit_case(path)
     assert isinstance(net, SprintDiT)
-    net.eval()
+    net = executed(net.eval())
     x, t, y, cls = data["input/x"], data["input/t"], data["input/y"], data["input/cls_token"]
     with torch.no_grad():
         _check(net(x, t, y, cls_token=cls), data, spec)
@@ -36,9 +37,9 @@ def test_forward_eval_and_uncond(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", TRAIN, ids=lambda p: p.stem)
-def test_forward_train_with_recorded_draws(path: Path) -> None:
+def test_forward_train_with_recorded_draws(path: Path, executed: Executed) -> None:
     spec, data, net = load_srdit_case(path)
-    net.train()
+    net = executed(net.train())
     x, t, y, cls = data["input/x"], data["input/t"], data["input/y"], data["input/cls_token"]
     drop = data["input/labels_after_drop"] != y
     assert torch.equal(drop, data["input/label_drop_uniform"] < spec["config"]["class_dropout_prob"])
