@@ -63,5 +63,5 @@ def executed(request: pytest.FixtureRequest) -> Iterator[Executed]:
         return module
 
     yield compile_
-    assert compiled, "the compiled run passed no network through executed()"
-    assert counters["stats"]["unique_graphs"] > 0, "torch.compile produced no graph: the compiled run ran eagerly"
+    if compiled:  # (a test skipped before building its network compiled nothing)
+        assert counters["stats"]["unique_graphs"] > 0, "torch.compile produced no graph: the compiled run ran eagerly"

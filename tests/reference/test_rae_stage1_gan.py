@@ -307,12 +307,12 @@ def test_adaptive_weight_generator_step(path: Path, tmp_path: Path, executed: Ex
     gradients, the total loss and the decoder gradients; then the eval-mode reconstruction and its 8-bit
     quantisation. Without the RAE importer: the same terms from the stored reconstruction."""
     spec, data, lpips, disc = aw_setup(path, tmp_path)
+    lpips = executed(lpips)  # the discriminator stays eager, as RAEStage1 compiles
     if "rae.rae" not in OFFICIAL_IMPORTERS:
         check_generator_step_from_recon(spec, data, lpips, disc)
         return
     loss_cfg, images = spec["config"]["loss"], data["input/images"]
     rae = executed(import_official("rae.rae", with_prefix(data, "param/rae/"), rae_importer_config(spec, data)).train())
-    lpips = executed(lpips)  # the discriminator stays eager, as RAEStage1 compiles
     latent = rae.encode_unit_range(images, data["input/noise_uniform_u"], data["input/noise_gaussian_n"])
     recon = rae.decode_unit_range(latent)
     assert_output(recon, spec, data, "recon")
