@@ -18,8 +18,8 @@ and checkpoints are those of the eager module:
 Sampling calls the same compiled modules (in eval mode and without gradients torch.compile traces one more
 graph). The training forward of every recipe has no graph break (``tests/unit/recipes/test_compilation.py``
 counts them on tiny models), and the compiled networks meet the official reference vectors as the eager ones do
-(``tests/reference``, docs/testing.md). Whether compiling pays for itself is a matter of run length: on the 2-core CPU of
-docs/benchmarks.md the first steps take minutes to compile, so the tiny CPU configs leave it off.
+(``tests/reference``, docs/testing.md). Whether compiling pays for itself is a matter of run length: on the
+2-core CPU of docs/benchmarks.md the first steps take minutes to compile, so the tiny CPU configs leave it off.
 """
 from __future__ import annotations
 
